@@ -1,0 +1,1 @@
+"""Where nodes run: `docker` (local, default) or `ssh` (VMs from an Ansible-format inventory)."""

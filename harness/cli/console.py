@@ -1,0 +1,22 @@
+"""One rich console and theme for the whole CLI."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.theme import Theme
+
+THEME = Theme(
+    {
+        "error": "bold red",
+        "ok": "bold green",
+        "warn": "yellow",
+        "step": "cyan",
+        "muted": "dim",
+        "verdict.direct": "bold green",
+        "verdict.relayed": "bold yellow",
+        "verdict.fail": "bold red",
+    }
+)
+
+console = Console(theme=THEME)
+err_console = Console(theme=THEME, stderr=True)
