@@ -42,6 +42,9 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.signals import install_cleanup_handlers
+
+    install_cleanup_handlers()
     _register()
     try:
         app(args=argv, standalone_mode=False)
