@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     install_cleanup_handlers()
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of raising it.
+        code = app(args=argv, standalone_mode=False)
     except LabError as error:
         if _state["debug"]:
             console.print_exception()
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, click.exceptions.Abort):
             return 130
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,153 @@
+"""Verify logs captured anywhere (a user's own machines, an old lab run) against a SUT's checkpoint chains.
+
+`dcutr-lab verify --logs DIR --sut kaspad-bridge` finds one log per node in DIR (`relay.log`, or any file whose
+name holds exactly one node name, like `phase4-relay-session.log`), sanitises them, matches the SUT's default
+direct and relayed chains (or a runbook's `expect` step) and writes the same report a lab run writes.
+Conntrack tables (`<router>.conntrack`, raw `conntrack -L` output) in DIR become the ground truth; without
+them the ground-truth checkpoint is reported as skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.checkpoints import NodeLog, evaluate_chain
+from harness.conntrack import ConntrackGroundTruth
+from harness.errors import BadInput
+from harness.models import ChainItem, ExpectedVerdict, Node, Role, ScenarioExpect, Topology
+from harness.sanitise import Sanitiser
+from harness.sut import get_sut
+from harness.verdict import Outcome, as_expected, decide
+
+DEFAULT_NODES = ("relay", "server", "client")
+LOG_SUFFIXES = (".log", ".txt", ".jsonl", ".out")
+
+
+@dataclass
+class Verification:
+    outcome: Outcome
+    logs: dict[str, NodeLog]
+    files: dict[str, Path]
+    start: float | None
+    tables: dict[str, tuple[str, str]] | None = None  # router -> (report file, sanitised text)
+    placeholders: list[str] | None = None
+    result: object | None = None  # the ScenarioResult written, when a report was asked for
+
+
+def discover_logs(directory: Path, nodes: Sequence[str] = DEFAULT_NODES) -> dict[str, Path]:
+    """One file per node: `<node>.log` first, else the only file whose name contains the node name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BadInput(f"{directory}: not a directory")
+    files = [p for p in sorted(directory.iterdir()) if p.is_file() and p.suffix in LOG_SUFFIXES]
+    found: dict[str, Path] = {}
+    for node in nodes:
+        exact = [p for p in files if p.stem == node]
+        if exact:
+            found[node] = exact[0]
+            continue
+        named = [p for p in files if node in p.stem.lower() and sum(n in p.stem.lower() for n in nodes) == 1]
+        if len(named) > 1:
+            raise BadInput(
+                f"{directory}: several logs for {node}: {', '.join(p.name for p in named)} (use --node {node}=FILE)"
+            )
+        if named:
+            found[node] = named[0]
+    if not found:
+        raise BadInput(f"{directory}: no log named after a node ({', '.join(nodes)}); use --node NAME=FILE")
+    return found
+
+
+def verify_logs(
+    files: Mapping[str, Path],
+    sut_name: str,
+    *,
+    conntrack_files: Sequence[Path] = (),
+    direct: Sequence[ChainItem] | None = None,
+    relayed: Sequence[ChainItem] | None = None,
+    hash_peer_ids: bool = False,
+    clock_skew: float = 2.0,
+) -> Verification:
+    sut = get_sut(sut_name)
+    if direct is None:
+        if sut.expect is None:
+            raise BadInput(f"SUT {sut_name!r} has no default chains; give a runbook with an expect step")
+        direct, relayed = sut.expect.direct, sut.expect.relayed
+    sanitiser = Sanitiser(hash_peer_ids=hash_peer_ids)
+    logs: dict[str, NodeLog] = {}
+    for node, path in files.items():
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as error:
+            raise BadInput(f"{path}: cannot read: {error.strerror or error}") from None
+        role = Role(node) if node in Role.__members__ else None
+        log = NodeLog(node, f"logs/{node}.log", sut, role)
+        log.append(sanitiser.lines(text.splitlines(), stream=node))
+        logs[node] = log
+    tables = {p.stem: (f"conntrack/{p.name}", sanitiser.text(p.read_text(errors="replace"))) for p in conntrack_files}
+    ground_truth = ConntrackGroundTruth(tables=tables, required=sorted(tables)) if tables else None
+    direct_result = evaluate_chain(direct, logs, conntrack=ground_truth, clock_skew=clock_skew)
+    relayed_result = evaluate_chain(relayed, logs, conntrack=ground_truth, clock_skew=clock_skew) if relayed else None
+    # Time zero is the first checkpoint met, not the first line: a user's log may start days earlier.
+    times = [hit.time for hit in direct_result.hits if hit.time is not None]
+    verification = Verification(
+        decide(direct_result, relayed_result), logs, dict(files), min(times) if times else None, tables=tables
+    )
+    verification.placeholders = sanitiser.placeholders()
+    return verification
+
+
+def write_verification_report(
+    verification: Verification,
+    out_dir: Path,
+    *,
+    sut_name: str,
+    expect: ScenarioExpect | None = None,
+    source: str = "",
+) -> object:
+    """Write sanitised logs and report.{json,md}, junit.xml into `out_dir`, as a lab run would."""
+    from harness.report import write_scenario_report
+    from harness.runbook import ScenarioResult, _records, _timings
+
+    out_dir = Path(out_dir)
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    for log in verification.logs.values():
+        (out_dir / log.file).write_text("".join(line.text + "\n" for line in log.lines))
+    tables = verification.tables or {}
+    for file, text in tables.values():
+        (out_dir / file).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / file).write_text(text)
+    outcome = verification.outcome
+    expect = expect or ScenarioExpect(verdict=ExpectedVerdict.direct)
+    start = verification.start or 0.0
+    result = ScenarioResult(
+        runbook=f"verify ({sut_name})",
+        scenario_id="verify",
+        run_id=out_dir.name,
+        backend="logs",
+        report_dir=out_dir,
+        expected=expect,
+        verdict=outcome.verdict,
+        as_expected=as_expected(outcome.verdict, outcome.first_missing, expect),
+        first_missing=outcome.first_missing,
+        description=f"Logs verified after the fact{': ' + source if source else ''}.",
+        topology=Topology(
+            nodes={
+                node: Node(role=log.role or Role.client, sut=sut_name, nat_profile="none")
+                for node, log in verification.logs.items()
+                if log.role is not None
+            }
+        ),
+        started_at=start,
+    )
+    result.checkpoints = _records(outcome.direct, start)
+    result.relayed_checkpoints = _records(outcome.relayed, start) if outcome.relayed else []
+    result.timings.update(_timings(outcome.direct, start))
+    result.environment = {"sut": sut_name, "source": source or "-"}
+    result.placeholders = list(verification.placeholders or [])
+    result.conntrack = [{"router": name, "file": file, "required": True} for name, (file, _t) in tables.items()]
+    write_scenario_report(result, verification.logs)
+    verification.result = result
+    return result

@@ -1,0 +1,300 @@
+"""A Backend that replays canned log lines on a fake clock: the runbook engine's tests need no Docker.
+
+Each node gets a script of `(seconds after its start, line)`; a line appears in `log_lines()` once the fake
+clock has passed that time. `{ts}` in a line becomes the fake wall time (RFC 3339), so JSON logs carry times
+like the real peers' do. Sleeping advances the clock: a 30 s wait costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from harness.backends.base import ExecResult, NodeAddresses
+from harness.models import Topology
+from harness.runbook import Clock
+
+EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+RELAY_ID = "12D3KooWR2KSRQWyanR1dPvnZkXt296xgf3FFn8135szya3zYYwY"
+SERVER_ID = "12D3KooWPC7iF5f59UFdRFEUfNprqjshtWcevpHm3N9VxD8ArxYW"
+CLIENT_ID = "12D3KooWDEHzowF9uYm5K3yXL34kKA4yRdxVHNf75jxPxdKCNqN2"
+
+ADDRESSES = {
+    "relay": NodeAddresses(node="relay", lan_ip=None, public_ip="198.18.0.2"),
+    "server": NodeAddresses(
+        node="server",
+        lan_ip="192.168.1.2",
+        public_ip="198.18.0.3",
+        router_wan_ips=("198.18.0.3",),
+        extra={"server-router.lan_ip": "192.168.1.1"},
+    ),
+    "client": NodeAddresses(
+        node="client",
+        lan_ip="10.0.1.2",
+        public_ip="198.18.0.4",
+        router_wan_ips=("198.18.0.4",),
+        extra={"client-router.lan_ip": "10.0.1.1"},
+    ),
+}
+
+CONNTRACK = {
+    "server-router": (
+        "tcp      6 431998 ESTABLISHED src=192.168.1.2 dst=198.18.0.2 sport=4012 dport=4011 "
+        "src=198.18.0.2 dst=198.18.0.3 sport=4011 dport=4012 [ASSURED] mark=0 use=1\n"
+        "tcp      6 431999 ESTABLISHED src=192.168.1.2 dst=198.18.0.4 sport=4012 dport=4013 "
+        "src=198.18.0.4 dst=198.18.0.3 sport=4013 dport=4012 [ASSURED] mark=0 use=1\n"
+    ),
+    "client-router": (
+        "tcp      6 431999 ESTABLISHED src=10.0.1.2 dst=198.18.0.3 sport=4013 dport=4012 "
+        "src=198.18.0.3 dst=198.18.0.4 sport=4012 dport=4013 [ASSURED] mark=0 use=1\n"
+    ),
+}
+
+
+def _json(event: str, node: str, **facts: object) -> str:
+    import json
+
+    return json.dumps({"ts": "{ts}", "node": node, "event": event, **facts})
+
+
+def relay_script() -> list[tuple[float, str]]:
+    return [
+        (0.1, "kaspa_p2p_relay starting (human line on stderr)"),
+        (0.2, _json("peer_id", "relay", peer_id=RELAY_ID)),
+        (0.3, _json("listening", "relay", addr="/ip4/0.0.0.0/tcp/4011")),
+        (0.4, _json("listening", "relay", addr="/ip4/198.18.0.2/tcp/4011")),
+    ]
+
+
+def server_script(dcutr: bool = True) -> list[tuple[float, str]]:
+    lines = [
+        (0.1, _json("peer_id", "server", peer_id=SERVER_ID)),
+        (0.2, _json("listening", "server", addr="/ip4/192.168.1.2/tcp/4012")),
+        (0.3, _json("observed_addr", "server", addr="/ip4/198.18.0.3/tcp/4012")),
+        (
+            1.5,
+            _json(
+                "reservation_accepted",
+                "server",
+                relay_peer_id=RELAY_ID,
+                circuit_addr=f"/ip4/198.18.0.2/tcp/4011/p2p/{RELAY_ID}/p2p-circuit/p2p/{SERVER_ID}",
+            ),
+        ),
+        (
+            4.0,
+            _json(
+                "connection_established",
+                "server",
+                peer_id=CLIENT_ID,
+                remote_addr=f"/ip4/198.18.0.2/tcp/4011/p2p/{RELAY_ID}/p2p-circuit/p2p/{CLIENT_ID}",
+                relayed=True,
+                connection_id=3,
+            ),
+        ),
+    ]
+    if dcutr:
+        lines += [
+            (
+                5.0,
+                _json(
+                    "connection_established",
+                    "server",
+                    peer_id=CLIENT_ID,
+                    remote_addr="/ip4/198.18.0.4/tcp/4013",
+                    relayed=False,
+                    connection_id=4,
+                ),
+            ),
+            (5.1, _json("dcutr", "server", remote_peer_id=CLIENT_ID, result="ok", connection_id=4, error=None)),
+            (
+                5.6,
+                _json(
+                    "handshake_complete",
+                    "server",
+                    peer_id=CLIENT_ID,
+                    remote_addr="/ip4/198.18.0.4/tcp/4013",
+                    relayed=False,
+                    connection_id=4,
+                    network="kaspa-devnet",
+                    protocol_version=7,
+                ),
+            ),
+        ]
+    return lines
+
+
+def client_script(dcutr: bool = True, fallback: bool = False) -> list[tuple[float, str]]:
+    lines = [
+        (0.1, _json("peer_id", "client", peer_id=CLIENT_ID)),
+        (0.2, _json("listening", "client", addr="/ip4/10.0.1.2/tcp/4013")),
+        (
+            1.0,
+            _json(
+                "connection_established",
+                "client",
+                peer_id=SERVER_ID,
+                remote_addr=f"/ip4/198.18.0.2/tcp/4011/p2p/{RELAY_ID}/p2p-circuit/p2p/{SERVER_ID}",
+                relayed=True,
+                connection_id=2,
+            ),
+        ),
+    ]
+    if dcutr:
+        lines += [
+            (2.0, _json("dcutr", "client", remote_peer_id=SERVER_ID, result="ok", connection_id=5, error=None)),
+            (
+                2.4,
+                _json(
+                    "handshake_complete",
+                    "client",
+                    peer_id=SERVER_ID,
+                    remote_addr="/ip4/198.18.0.3/tcp/4012",
+                    relayed=False,
+                    connection_id=5,
+                    network="kaspa-devnet",
+                    protocol_version=7,
+                ),
+            ),
+            (3.0, _json("shutdown", "client", reason="session complete")),
+        ]
+    elif fallback:
+        lines += [
+            (2.0, _json("relay_fallback", "client", reason="no direct connection after 3 attempts")),
+            (
+                2.2,
+                _json(
+                    "handshake_complete",
+                    "client",
+                    peer_id=SERVER_ID,
+                    remote_addr=f"/ip4/198.18.0.2/tcp/4011/p2p/{RELAY_ID}/p2p-circuit/p2p/{SERVER_ID}",
+                    relayed=True,
+                    connection_id=2,
+                    network="kaspa-devnet",
+                    protocol_version=7,
+                ),
+            ),
+            (3.0, _json("shutdown", "client", reason="session complete (relayed)")),
+        ]
+    else:
+        lines += [(3.0, _json("shutdown", "client", reason="no direct connection and no fallback allowed"))]
+    return lines
+
+
+def relay_circuit_line(at: float) -> tuple[float, str]:
+    return (at, _json("circuit_accepted", "relay", src_peer_id=CLIENT_ID, dst_peer_id=SERVER_ID))
+
+
+@dataclass
+class FakeClock(Clock):
+    """Monotonic and wall time that move only when someone sleeps."""
+
+    now: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.monotonic = lambda: self.now
+        self.wall = lambda: EPOCH + self.now
+        self.sleep = self._sleep
+
+    def _sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.001)
+
+
+@dataclass
+class FakeBackend:
+    clock: FakeClock
+    scripts: Mapping[str, Sequence[tuple[float, str]]]
+    exits: Mapping[str, tuple[float, int]] = field(default_factory=dict)
+    conntrack: Mapping[str, str] = field(default_factory=lambda: dict(CONNTRACK))
+    addresses_: Mapping[str, NodeAddresses] = field(default_factory=lambda: dict(ADDRESSES))
+    run_id: str = "fake0001"
+    starts: dict[str, list[tuple[float, list[str], dict[str, str]]]] = field(default_factory=dict)
+    stopped: dict[str, float] = field(default_factory=dict)
+    execs: list[tuple[str, list[str]]] = field(default_factory=list)
+    provisioned: Topology | None = None
+    closed: bool = False
+    _past: dict[str, list[str]] = field(default_factory=dict)
+
+    def provision(self, topology: Topology) -> None:
+        self.provisioned = topology
+
+    def addresses(self) -> Mapping[str, NodeAddresses]:
+        return dict(self.addresses_)
+
+    def routers(self) -> Sequence[str]:
+        return [name for name in ("server-router", "client-router") if name.split("-")[0] in self.addresses_]
+
+    def start(self, node: str, command: Sequence[str], env: Mapping[str, str]) -> None:
+        if node in self.starts:  # a restart keeps the old lines, like the Docker backend
+            self._past[node] = self._visible(node)
+        self.starts.setdefault(node, []).append((self.clock.now, list(command), dict(env)))
+        self.stopped.pop(node, None)
+
+    def stop(self, node: str, timeout: float = 5.0) -> None:
+        self.stopped[node] = self.clock.now
+
+    def exit_code(self, node: str) -> int | None:
+        if node in self.stopped:
+            return 143
+        if node not in self.starts or node not in self.exits:
+            return None
+        after, code = self.exits[node]
+        return code if self.clock.now - self.starts[node][-1][0] >= after else None
+
+    def _visible(self, node: str) -> list[str]:
+        lines = list(self._past.get(node, []))
+        if node not in self.starts:
+            return lines
+        began = self.starts[node][-1][0]
+        end = self.stopped.get(node, self.clock.now)
+        for delay, text in self.scripts.get(node, ()):
+            if began + delay <= end:
+                stamp = datetime.fromtimestamp(EPOCH + began + delay, tz=UTC).isoformat().replace("+00:00", "Z")
+                lines.append(text.replace("{ts}", stamp))
+        return lines
+
+    def log_lines(self, node: str, start: int = 0) -> list[str]:
+        return self._visible(node)[start:]
+
+    def exec(self, target: str, command: Sequence[str], timeout: float = 30.0) -> ExecResult:
+        self.execs.append((target, list(command)))
+        if command[:1] == ["conntrack"]:
+            return ExecResult(0, self.conntrack.get(target, ""))
+        return ExecResult(0, f"ran {' '.join(command)} on {target} (198.18.0.3)")
+
+    def collect(self, dest: Path) -> list[Path]:
+        dest.mkdir(parents=True, exist_ok=True)
+        written = []
+        for node in self.addresses_:
+            path = dest / f"{node}.log"
+            path.write_text("".join(line + "\n" for line in self._visible(node)))
+            written.append(path)
+        for router in self.routers():
+            path = dest / f"{router}.conntrack"
+            path.write_text(self.conntrack.get(router, ""))
+            written.append(path)
+        (dest / "addresses.json").write_text('{"relay": "198.18.0.2"}')
+        return written
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def lab(dcutr: bool = True, fallback: bool = False, circuit: bool = True) -> FakeBackend:
+    """A fake lab playing the phase-4 mixed-NAT story: relay, server reservation, client via the circuit."""
+    clock = FakeClock()
+    relay = relay_script()
+    if circuit:
+        # The relay's circuit line appears when the client has been running ~1s: schedule it late enough.
+        relay.append(relay_circuit_line(4.0))
+    return FakeBackend(
+        clock=clock,
+        scripts={
+            "relay": relay,
+            "server": server_script(dcutr),
+            "client": client_script(dcutr, fallback),
+        },
+        exits={"client": (4.5, 0 if (dcutr or fallback) else 1)},
+    )

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from harness.checkpoints import Hit, Miss, Skip
+from harness.conntrack import ConntrackGroundTruth, outermost_routers, parse_endpoint, parse_flows
+from harness.sanitise import Sanitiser
+from tests.fakes import ADDRESSES, CONNTRACK
+
+LINE = (
+    "tcp      6 431999 ESTABLISHED src=192.168.1.2 dst=198.18.0.4 sport=4012 dport=4013 "
+    "src=198.18.0.4 dst=198.18.0.3 sport=4013 dport=4012 [ASSURED] mark=0 use=1"
+)
+
+
+def test_parse_a_flow_and_skip_the_summary():
+    flows = parse_flows(LINE + "\nconntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.\n")
+    assert len(flows) == 1
+    flow = flows[0]
+    assert flow.state == "ESTABLISHED" and flow.assured and flow.protocol == "tcp"
+    assert flow.original == ("192.168.1.2", "198.18.0.4", 4012, 4013)
+    assert flow.reply == ("198.18.0.4", "198.18.0.3", 4013, 4012)
+
+
+def test_parse_endpoint_forms():
+    assert parse_endpoint("/ip4/<CLIENT_NAT_IP>/tcp/4013/p2p/12D3KooWx") == ("<CLIENT_NAT_IP>", 4013)
+    assert parse_endpoint("198.18.0.3:4012") == ("198.18.0.3", 4012)
+    assert parse_endpoint("[2001:db8::1]:4012") == ("2001:db8::1", 4012)
+    assert parse_endpoint("<SERVER_NAT_IP>") == ("<SERVER_NAT_IP>", None)
+
+
+def _tables(texts: dict[str, str]) -> dict[str, tuple[str, str]]:
+    sanitiser = Sanitiser.from_addresses(ADDRESSES)
+    return {name: (f"conntrack/{name}.conntrack", sanitiser.text(text)) for name, text in texts.items()}
+
+
+def test_ground_truth_on_sanitised_tables():
+    check = ConntrackGroundTruth(_tables(CONNTRACK), ["server-router", "client-router"])
+    hit = check(["/ip4/<SERVER_NAT_IP>/tcp/4012", "/ip4/<CLIENT_NAT_IP>/tcp/4013"])
+    assert isinstance(hit, Hit)
+    refs = [e.ref for e in hit.evidence]
+    assert refs == ["conntrack/server-router.conntrack:2", "conntrack/client-router.conntrack:1"]
+    # Port wildcard: a bare address matches any port.
+    assert isinstance(check(["<SERVER_NAT_IP>", "<CLIENT_NAT_IP>"]), Hit)
+
+
+def test_the_relay_flow_is_not_the_direct_one():
+    check = ConntrackGroundTruth(_tables(CONNTRACK), ["server-router", "client-router"])
+    miss = check(["<SERVER_NAT_IP>:4012", "<CLIENT_NAT_IP>:9999"])
+    assert isinstance(miss, Miss) and "server-router holds no ESTABLISHED TCP flow" in miss.reason
+
+
+def test_not_established_is_a_miss_with_the_near_line():
+    tables = _tables({"server-router": LINE.replace("ESTABLISHED", "SYN_SENT"), "client-router": ""})
+    miss = ConntrackGroundTruth(tables, ["server-router"])(["<SERVER_NAT_IP>:4012", "<CLIENT_NAT_IP>:4013"])
+    assert isinstance(miss, Miss) and "found it in state SYN_SENT" in miss.reason
+    assert miss.evidence[0].line == 1
+
+
+def test_missing_table_and_no_router():
+    assert isinstance(ConntrackGroundTruth({}, ["server-router"])(["a", "b"]), Miss)
+    assert isinstance(ConntrackGroundTruth({}, [])(["a", "b"]), Skip)
+
+
+def test_outermost_router_per_private_node():
+    routers = ["server-router", "client-router", "client-carrier"]
+    assert outermost_routers(routers, ["server", "client"]) == ["server-router", "client-carrier"]

@@ -1,0 +1,184 @@
+"""The runbook engine on a fake backend: steps, waits with deadlines, verdicts, and what lands on disk."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from harness.errors import BadInput
+from harness.models import Verdict
+from harness.runbook import load_runbook, run_repeated, run_scenario
+from tests.fakes import CLIENT_ID, RELAY_ID, SERVER_ID, FakeBackend, FakeClock, lab, relay_script
+from tests.test_runbook_models import PHASE4, RUNBOOKS
+
+RAW_ADDRESS = re.compile(r"\b(?:198\.18|192\.168|10\.0)\.\d+\.\d+\b")
+
+
+@pytest.fixture(scope="module")
+def phase4():
+    return load_runbook(PHASE4)
+
+
+def _run(runbook, scenario: str, backend: FakeBackend, tmp_path: Path, **kwargs):
+    messages: list[str] = []
+    result = run_scenario(
+        runbook,
+        scenario,
+        backend,
+        tmp_path / scenario,
+        clock=backend.clock,
+        poll_interval=0.2,
+        progress=messages.append,
+        **kwargs,
+    )
+    return result, messages
+
+
+def test_mixed_nat_direct(phase4, tmp_path):
+    backend = lab()
+    result, messages = _run(phase4, "mixed_nat", backend, tmp_path)
+    assert result.verdict == Verdict.direct and result.as_expected and result.error is None
+    assert [c.status for c in result.checkpoints] == ["met"] * 8
+    assert result.timings["punch"] == pytest.approx(2.0, abs=0.5)
+    assert result.timings["handshake"] is not None
+    assert not backend.closed  # the caller owns the backend
+    assert any(m.startswith("step 5/8: start client") for m in messages)
+
+    # Env was templated from facts learnt by the waits, with real addresses put back for the node.
+    _, command, env = backend.starts["client"][0]
+    assert command == ["kaspa_p2p_client"]
+    assert env["LIBP2P_REMOTE_PEER_ID"] == SERVER_ID
+    assert env["LIBP2P_REMOTE_MULTIADDRS"] == f"/ip4/198.18.0.2/tcp/4011/p2p/{RELAY_ID}/p2p-circuit/p2p/{SERVER_ID}"
+    assert env["LIBP2P_IDENTITY_SEED"] == "3" and env["KASPA_NETWORK"] == "devnet"
+
+
+def test_evidence_line_numbers_match_the_written_logs(phase4, tmp_path):
+    result, _ = _run(phase4, "mixed_nat", lab(), tmp_path)
+    for record in result.checkpoints:
+        for evidence in record.evidence:
+            lines = (result.report_dir / evidence.file).read_text().splitlines()
+            assert lines[evidence.line - 1] == evidence.text
+
+
+def test_no_raw_address_or_map_in_the_report_dir(phase4, tmp_path):
+    result, _ = _run(phase4, "mixed_nat", lab(), tmp_path)
+    files = [p for p in result.report_dir.rglob("*") if p.is_file()]
+    assert not (result.report_dir / "raw").exists()
+    assert {p.name for p in files} >= {"report.md", "report.json", "junit.xml", "relay.log", "server-router.conntrack"}
+    for path in files:
+        text = path.read_text()
+        assert not RAW_ADDRESS.search(text), f"raw address in {path}"
+    server_log = (result.report_dir / "logs" / "server.log").read_text()
+    assert "<HOME_IP>" in server_log  # the runbook's alias for the server's NAT address
+
+
+def test_keep_raw_for_debugging(phase4, tmp_path):
+    result, _ = _run(phase4, "mixed_nat", lab(), tmp_path, keep_raw=True)
+    assert (result.report_dir / "raw" / "addresses.json").exists()
+
+
+def test_symmetric_control_is_relayed(phase4, tmp_path):
+    backend = lab(dcutr=False, fallback=True)
+    result, _ = _run(phase4, "mixed_nat_symmetric_control", backend, tmp_path)
+    assert result.verdict == Verdict.relayed and result.as_expected
+    assert result.first_missing.name == "client.dcutr_direct"
+    assert backend.provisioned.nodes["server"].nat_profile == "symmetric"
+    assert backend.starts["client"][0][2]["ALLOW_RELAY_FALLBACK"] == "true"
+
+
+def test_no_dcutr_control_fails_at_dcutr(phase4, tmp_path):
+    backend = lab(dcutr=False)
+    result, _ = _run(phase4, "mixed_nat_no_dcutr", backend, tmp_path)
+    assert result.verdict == Verdict.fail and result.as_expected
+    assert result.first_missing.name == "client.dcutr_direct"
+    assert all(start[2]["DCUTR_ENABLED"] == "false" for n in ("server", "client") for start in backend.starts[n])
+    report = json.loads((result.report_dir / "report.json").read_text())
+    assert report["first_missing"]["checkpoint"] == "client.dcutr_direct"
+
+
+def test_a_wait_past_its_deadline_stops_the_steps_but_not_the_report(phase4, tmp_path):
+    backend = lab()
+    backend.scripts = {**backend.scripts, "server": backend.scripts["server"][:3]}  # never gets a reservation
+    result, _ = _run(phase4, "mixed_nat", backend, tmp_path)
+    assert result.verdict == Verdict.fail and not result.as_expected
+    assert "server.reservation_accepted not met within 30s" in result.error
+    assert result.first_missing.name == "server.reservation_accepted"
+    assert "client" not in backend.starts
+    assert [s.status for s in result.steps][3:] == ["failed", "skipped", "skipped", "skipped", "skipped"]
+    assert backend.clock.now == pytest.approx(30.5, abs=1.0)  # waited on the fake clock, no real sleep
+    assert (result.report_dir / "report.md").exists()
+
+
+def test_a_node_that_exits_before_its_checkpoint_fails_fast(phase4, tmp_path):
+    backend = lab()
+    backend.scripts = {**backend.scripts, "relay": relay_script()[:2]}
+    backend.exits = {"relay": (1.0, 2)}
+    result, _ = _run(phase4, "mixed_nat", backend, tmp_path)
+    assert "relay exited with code 2 before relay.listening" in result.error
+    assert backend.clock.now < 5
+
+
+def test_a_broken_backend_still_writes_a_report(phase4, tmp_path):
+    backend = lab()
+
+    def explode(node, command, env):
+        raise RuntimeError("container vanished")
+
+    backend.start = explode
+    result, _ = _run(phase4, "mixed_nat", backend, tmp_path)
+    assert result.verdict == Verdict.fail and "container vanished" in result.error
+    assert (result.report_dir / "junit.xml").exists()
+
+
+def test_setup_errors_propagate_after_the_report(phase4, tmp_path):
+    backend = lab()
+
+    def refuse(topology):
+        raise BadInput("SUT 'x' has no Docker image")
+
+    backend.provision = refuse
+    with pytest.raises(BadInput):
+        _run(phase4, "mixed_nat", backend, tmp_path)
+    assert (tmp_path / "mixed_nat" / "report.json").exists()
+
+
+def test_unknown_scenario(phase4, tmp_path):
+    with pytest.raises(BadInput, match="no scenario 'nope'"):
+        run_scenario(phase4, "nope", lab(), tmp_path)
+
+
+def test_run_repeated_stops_at_the_first_success_and_closes_backends(phase4, tmp_path):
+    clock = FakeClock()
+    made: list[FakeBackend] = []
+
+    def make(attempt: int) -> FakeBackend:
+        backend = lab(dcutr=attempt == 2, fallback=attempt != 2)
+        backend.clock = clock  # one clock for all attempts, as in a real run
+        clock.now = 0.0
+        made.append(backend)
+        return backend
+
+    repeat = run_repeated(phase4, "mixed_nat", make, tmp_path, clock=clock, poll_interval=0.2)
+    assert repeat.label == "PASS-FLAKY" and len(repeat.attempts) == 2
+    assert all(b.closed for b in made)
+    assert (tmp_path / "attempt-2" / "report.md").exists()
+    exact = run_repeated(phase4, "mixed_nat", make, tmp_path / "n", attempts=3, clock=clock, poll_interval=0.2)
+    assert len(exact.attempts) == 3 and exact.label == "PASS-FLAKY"  # attempt 2 of 3 direct
+    assert [a.verdict for a in exact.attempts] == [Verdict.relayed, Verdict.direct, Verdict.relayed]
+
+
+def test_run_and_restart_steps(tmp_path):
+    runbook = load_runbook(RUNBOOKS / "phase5-hardened.yaml")
+    backend = lab()
+    result = run_scenario(runbook, "hardened", backend, tmp_path / "p5", clock=backend.clock, poll_interval=0.2)
+    assert len(backend.starts["client"]) == 3  # start + 2 restarts
+    assert backend.starts["client"][2][2]["ALLOW_RELAY_FALLBACK"] == "false"
+    assert "server" in backend.stopped
+    # The fake client sends no 40 pongs: the hardened chain stops there, after the direct handshake.
+    assert result.first_missing.name == "client.kaspa_pong"
+    names = [c.name for c in result.checkpoints if c.status == "met"]
+    assert "server.handshake_direct" in names
+    assert CLIENT_ID in (result.report_dir / "logs" / "server.log").read_text()
