@@ -251,10 +251,12 @@ class DockerLab:
             return lab_network
         raise SetupError(f"no free {kind.value} subnet for network {name}: {last_error}")
 
-    def lan_subnet(self) -> ipaddress.IPv4Network:
-        """LANs live only inside a veth pair, so they need no pool; distinct per node keeps logs readable."""
+    def lan_subnet(self, pool: str | None = None) -> ipaddress.IPv4Network:
+        """LANs live only inside veth pairs, so they need no allocation across labs; a distinct /24 per router
+        keeps logs readable. A carrier NAT's inside comes from its own pool (RFC 6598 100.64.0.0/10)."""
         self._lan_index += 1
-        return ipaddress.IPv4Network(f"192.168.{self._lan_index}.0/24")
+        network = ipaddress.IPv4Network(pool or "192.168.0.0/16")
+        return list(network.subnets(new_prefix=24))[self._lan_index]
 
     # -- containers ------------------------------------------------------------------------------------
 
@@ -357,7 +359,7 @@ class DockerLab:
         from harness.nat.render import render_ruleset
 
         config = get_profile(nat_profile)
-        lan_subnet = self.lan_subnet()
+        lan_subnet = self.lan_subnet(config.lan_pool)
         image = self.image("router")
         idle = ["sleep", "infinity"]
         if upstream is None:
@@ -636,11 +638,10 @@ def router_hops(nat_profile: str) -> list[tuple[str, str]]:
     from harness.nat.profiles import get_profile
 
     config = get_profile(nat_profile)
-    chain = getattr(config, "chain", None)
-    if chain:
-        # cgnat: a home NAT behind a carrier NAT; both hops are ordinary profiles.
-        suffixes = ["router", "carrier", *(f"hop{i}" for i in range(2, len(chain)))]
-        return [(suffix, hop) for suffix, hop in zip(suffixes, chain, strict=False)]
-    if getattr(config, "mapping", None) is None and nat_profile == "none":
+    if not config.is_nat:
         return []
+    if config.chain:
+        # cgnat: a home NAT behind a carrier NAT; each hop is an ordinary profile.
+        suffixes = ["router", "carrier", *(f"hop{i}" for i in range(2, len(config.chain)))]
+        return list(zip(suffixes, config.chain, strict=False))
     return [("router", nat_profile)]

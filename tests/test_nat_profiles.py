@@ -1,0 +1,127 @@
+"""NAT profiles: presets, names, configs and the router sysctls (no Docker)."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from harness.errors import BadInput
+from harness.nat.profiles import (
+    HOP_PRESETS,
+    PRESETS,
+    ROUTER_SYSCTLS,
+    Family,
+    Filtering,
+    Mapping,
+    NatConfig,
+    NatProfileName,
+    Unsolicited,
+    get_profile,
+    profile_names,
+)
+
+
+def test_every_name_has_a_preset_named_after_it() -> None:
+    assert set(PRESETS) == set(NatProfileName)
+    for name, cfg in PRESETS.items():
+        assert cfg.name == name.value
+
+
+def test_names_match_the_models_fallback_list() -> None:
+    from harness.models import FALLBACK_NAT_PROFILES, nat_profile_names
+
+    assert set(profile_names()) == set(FALLBACK_NAT_PROFILES)
+    assert set(nat_profile_names()) == set(profile_names())
+
+
+def test_unknown_profile_is_bad_input_naming_the_known_ones() -> None:
+    with pytest.raises(BadInput) as caught:
+        get_profile("fullcone")
+    message = str(caught.value)
+    assert "'fullcone'" in message
+    for name in profile_names():
+        assert name in message
+    assert caught.value.exit_code == 2
+
+
+def test_hop_profiles_resolve_but_are_not_offered_to_runbooks() -> None:
+    assert get_profile("cgnat-carrier") is HOP_PRESETS["cgnat-carrier"]
+    assert "cgnat-carrier" not in profile_names()
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("none", "routed"),
+        ("full-cone", "EIM/EIF"),
+        ("restricted-cone", "EIM/ADF"),
+        ("port-restricted", "EIM/APDF"),
+        ("symmetric", "APDM/APDF"),
+        ("openwrt-fw4", "EIM/APDF"),
+        ("openwrt-fw4-fullcone", "EIM/APDF"),
+        ("cgnat", "EIM/APDF"),
+    ],
+)
+def test_rfc4787_labels(name: str, label: str) -> None:
+    assert get_profile(name).label == label
+
+
+def test_only_openwrt_resets_unsolicited_inbound() -> None:
+    for name in profile_names():
+        cfg = get_profile(name)
+        expected = Unsolicited.reject_rst if cfg.family is Family.openwrt_fw4 else Unsolicited.drop
+        assert cfg.effective_unsolicited() is expected, name
+
+
+def test_symmetric_randomises_ports_and_the_rest_preserve_them() -> None:
+    for name in profile_names():
+        cfg = get_profile(name)
+        assert cfg.port_preservation is (name != "symmetric"), name
+
+
+def test_cgnat_is_a_home_nat_behind_a_carrier_nat() -> None:
+    cfg = get_profile("cgnat")
+    assert cfg.chain == ("port-restricted", "cgnat-carrier")
+    home, carrier = cfg.hops()
+    assert home.name == "port-restricted"
+    assert carrier.lan_pool == "100.64.0.0/10"
+    assert cfg.effective() == (Mapping.endpoint_independent, Filtering.address_and_port_dependent)
+    assert cfg.is_nat
+
+
+def test_the_backend_sees_two_hops_for_cgnat_and_none_for_none() -> None:
+    from harness.backends.docker import router_hops
+
+    assert router_hops("cgnat") == [("router", "port-restricted"), ("carrier", "cgnat-carrier")]
+    assert router_hops("none") == []
+    assert router_hops("symmetric") == [("router", "symmetric")]
+
+
+def test_configs_are_frozen() -> None:
+    cfg = get_profile("full-cone")
+    with pytest.raises(pydantic.ValidationError):
+        cfg.hairpin = False  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("mapping", "filtering", "hairpin"),
+    [
+        (Mapping.address_and_port_dependent, Filtering.endpoint_independent, False),
+        (Mapping.address_dependent, Filtering.address_dependent, False),
+        (Mapping.address_and_port_dependent, Filtering.address_and_port_dependent, True),
+        (Mapping.endpoint_independent, None, False),
+    ],
+)
+def test_combinations_without_a_ruleset_are_refused(mapping, filtering, hairpin) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        NatConfig(name="x", mapping=mapping, filtering=filtering, hairpin=hairpin)
+
+
+def test_router_sysctls() -> None:
+    assert ROUTER_SYSCTLS["net.ipv4.ip_forward"] == "1"
+    assert ROUTER_SYSCTLS["net.ipv4.conf.all.rp_filter"] == "0"
+    assert ROUTER_SYSCTLS["net.ipv4.conf.default.rp_filter"] == "0"
+    assert ROUTER_SYSCTLS["net.netfilter.nf_conntrack_tcp_loose"] == "0"
+    # Docker accepts only namespaced sysctls for a container: net.* ones
+    assert all(key.startswith("net.") for key in ROUTER_SYSCTLS)
+    assert all(isinstance(value, str) for value in ROUTER_SYSCTLS.values())
