@@ -42,10 +42,13 @@ class Flow:
 
 
 def parse_flows(text: str) -> list[Flow]:
-    """Entries of `conntrack -L` output; summary lines ("... flow entries have been shown.") are skipped."""
+    """Entries of `conntrack -L` output or `conntrack -E` event lines; summary and comment lines are skipped."""
     flows: list[Flow] = []
     for number, line in enumerate(text.splitlines(), start=1):
         words = line.split()
+        # `conntrack -E -o timestamp` lines start with "[1732500000.123456]" and "[NEW]"/"[UPDATE]"/"[DESTROY]".
+        while words and words[0].startswith("[") and words[0].endswith("]"):
+            words = words[1:]
         if len(words) < 3 or words[0] not in ("tcp", "udp", "icmp", "ipv4", "ipv6"):
             continue
         if words[0] in ("ipv4", "ipv6"):  # `conntrack -L -o extended` prefixes the family

@@ -63,3 +63,19 @@ def test_missing_table_and_no_router():
 def test_outermost_router_per_private_node():
     routers = ["server-router", "client-router", "client-carrier"]
     assert outermost_routers(routers, ["server", "client"]) == ["server-router", "client-carrier"]
+
+
+def test_event_lines_of_conntrack_dash_e_parse_like_table_lines():
+    from harness.conntrack import parse_flows
+
+    text = (
+        "# conntrack -E -p tcp (events during the run)\n"
+        "[1764054000.123456]\t [NEW] tcp      6 120 SYN_SENT src=192.168.1.2 dst=198.18.0.4 sport=4012 dport=4013"
+        " [UNREPLIED] src=198.18.0.4 dst=198.18.0.3 sport=4013 dport=4012\n"
+        "[1764054000.125000]\t [UPDATE] tcp      6 432000 ESTABLISHED src=192.168.1.2 dst=198.18.0.4 sport=4012"
+        " dport=4013 src=198.18.0.4 dst=198.18.0.3 sport=4013 dport=4012 [ASSURED]\n"
+    )
+    flows = parse_flows(text)
+    assert [f.state for f in flows] == ["SYN_SENT", "ESTABLISHED"]
+    assert flows[1].line == 3
+    assert ("198.18.0.3", 4012) in flows[1].endpoints()

@@ -55,6 +55,7 @@ TRANSIT_IF = "eth0"
 LAN_IF = "lan0"
 UPLINK_IF = "wan0"  # a home router's WAN when it sits behind a carrier NAT
 HOST_IF = "eth0"
+CONNTRACK_EVENTS = "/var/log/dcutr-lab-conntrack.events"
 
 # The run ids of labs still open in this process, for the signal/atexit safety net of `close_all()`.
 _OPEN_LABS: dict[str, DockerLab] = {}
@@ -525,6 +526,8 @@ class DockerBackend:
             built.append(upstream)
         assert upstream is not None
         runtime.routers = list(reversed(built))
+        for router in runtime.routers:
+            self._record_conntrack_events(router.name)
         runtime.host = self.lab.private_host(name, upstream)
         outermost = built[0]
         self._addresses[name] = NodeAddresses(
@@ -533,6 +536,19 @@ class DockerBackend:
             public_ip=outermost.wan_ip,
             router_wan_ips=tuple(r.wan_ip for r in runtime.routers),
             extra={f"{r.name}.lan_ip": r.lan_ip for r in runtime.routers},
+        )
+
+    def _record_conntrack_events(self, router: str) -> None:
+        """Log every conntrack state change of the router from now on.
+
+        The direct flow's ESTABLISHED entry only lives as long as the peers keep the connection: by the time a
+        run collects, the client may have closed it (TIME_WAIT). The event log keeps the transition itself,
+        written by the router's kernel as it happened, so the ground truth does not depend on timing.
+        """
+        wrapped = self.lab.container(router).get_wrapped_container()
+        wrapped.exec_run(
+            ["sh", "-c", f"exec stdbuf -oL conntrack -E -p tcp -o timestamp > {CONNTRACK_EVENTS} 2>&1"],
+            detach=True,
         )
 
     def addresses(self) -> Mapping[str, NodeAddresses]:
@@ -618,8 +634,15 @@ class DockerBackend:
             written.append(path)
         for router in self.routers():
             path = dest / f"{router}.conntrack"
-            result = self.lab.exec(router, ["conntrack", "-L", "-p", "tcp"], timeout=10)
-            path.write_text(result.output)
+            events = self.lab.exec(router, ["cat", CONNTRACK_EVENTS], timeout=10)
+            table = self.lab.exec(router, ["conntrack", "-L", "-p", "tcp"], timeout=10)
+            # Events first (every state the router's kernel went through), then the table as it is now.
+            path.write_text(
+                "# conntrack -E -p tcp (events during the run)\n"
+                + (events.output if events.exit_code == 0 else "")
+                + "# conntrack -L -p tcp (table at collection)\n"
+                + table.output
+            )
             written.append(path)
             ruleset = dest / f"{router}.nft"
             ruleset.write_text(self.lab.exec(router, ["nft", "list", "ruleset"], timeout=10).output)

@@ -1,0 +1,96 @@
+"""The lab itself: isolation between parallel labs, bad input, and cleanup on every path."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import docker
+import pytest
+
+from harness.backends.docker import DockerLab, sweep
+from harness.errors import BadInput, SetupError
+from harness.labels import LABEL_RUN
+
+pytestmark = pytest.mark.docker
+
+
+def _objects(client: docker.DockerClient, run_id: str) -> tuple[int, int]:
+    label = f"{LABEL_RUN}={run_id}"
+    return (
+        len(client.containers.list(all=True, filters={"label": label})),
+        len(client.networks.list(filters={"label": label})),
+    )
+
+
+def test_two_labs_never_share_a_transit_subnet(images):
+    with DockerLab(images=images.__getitem__) as first, DockerLab(images=images.__getitem__) as second:
+        a, b = first.transit().subnet, second.transit().subnet
+        assert not a.overlaps(b)
+        assert a.subnet_of(ipaddress.IPv4Network("198.18.0.0/15"))
+        assert first.transit().name != second.transit().name
+
+
+def test_close_removes_routers_hosts_and_networks(images):
+    lab = DockerLab(images=images.__getitem__)
+    router = lab.router("r", "port-restricted")
+    lab.private_host("h", router)
+    assert _objects(lab.client, lab.run_id) == (2, 1)
+    lab.close()
+    assert _objects(lab.client, lab.run_id) == (0, 0)
+    lab.close()  # idempotent
+
+
+def test_unknown_nat_profile_fails_before_anything_starts(images):
+    with DockerLab(images=images.__getitem__) as lab:
+        with pytest.raises(BadInput, match=r"unknown NAT profile .fullest-cone.*symmetric"):
+            lab.router("r", "fullest-cone")
+        assert _objects(lab.client, lab.run_id)[0] == 0
+
+
+def test_missing_image_is_a_one_line_setup_error(images):
+    def resolver(kind: str) -> str:
+        return "dcutr-lab/does-not-exist:0" if kind == "router" else images[kind]
+
+    with DockerLab(images=resolver) as lab:
+        with pytest.raises(SetupError, match=r"image dcutr-lab/does-not-exist:0 is missing") as caught:
+            lab.router("r", "full-cone")
+        assert "\n" not in str(caught.value)
+        assert _objects(lab.client, lab.run_id)[0] == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_cli_run_leaves_nothing_behind(images, tmp_path, signum):
+    """Ctrl-C or a cancelled CI job in the middle of a run: every container and network is removed."""
+    client = docker.from_env()
+    run_id = f"sig{signum:02d}{os.getpid() % 1000:03d}"
+    env = dict(os.environ, DCUTR_LAB_REPORTS=str(tmp_path))
+    command = ["run", "runbooks/phase4-mixed-nat.yaml", "--scenario", "mixed_nat", "--run-id", run_id]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", *command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        # Interrupt once the run has a node process running: routers, hosts and the transit network exist then.
+        started = False
+        process_labels = [f"{LABEL_RUN}={run_id}", "dcutr-lab.role=process"]
+        while time.monotonic() < deadline and proc.poll() is None and not started:
+            started = any(c.name.endswith("proc1") for c in client.containers.list(filters={"label": process_labels}))
+            time.sleep(0.1)
+        assert started, f"the run never started a node: {proc.communicate()[0][-2000:]}"
+        proc.send_signal(signum)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (130, 1, 4), output[-2000:]
+    assert _objects(client, run_id) == (0, 0), output[-2000:]
+    sweep(client, run_id=run_id)

@@ -1,0 +1,113 @@
+"""Benchmarks that print figures: `python -m harness.bench mixed_nat [--runs 5] [--skip-cold]`.
+
+Measures what the lab's targets are about: a cold image build (base rootfs + router + peer), a cached
+rebuild (nothing changed: must do no work), and the wall time of the mixed_nat scenario split into
+setup / punch (reservation -> DCUtR direct) / handshake / teardown, over N runs (min / median / max).
+Figures only: a benchmark never fails a build because a number is high.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.table import Table
+
+from harness.cli.console import console
+from harness.errors import LabError
+
+REPO = Path(__file__).resolve().parent.parent
+PHASES = ("setup", "punch", "handshake", "teardown", "total")
+
+
+def _timed(action: Callable[[], object]) -> float:
+    began = time.perf_counter()
+    action()
+    return time.perf_counter() - began
+
+
+def bench_images(*, cold: bool) -> dict[str, float]:
+    from harness.images import ensure_image
+
+    figures: dict[str, float] = {}
+    kinds = ("base", "router", "peer")
+    if cold:
+        figures["cold build"] = sum(_timed(lambda k=kind: ensure_image(k, force=True)) for kind in kinds)
+    figures["cached rebuild"] = sum(_timed(lambda k=kind: ensure_image(k)) for kind in kinds)
+    return figures
+
+
+def bench_scenario(runbook_path: Path, scenario_id: str, runs: int, reports: Path) -> list[dict[str, float | None]]:
+    from harness.backends.docker import DockerBackend
+    from harness.labels import new_run_id
+    from harness.runbook import load_runbook, run_scenario
+
+    runbook = load_runbook(runbook_path)
+    samples: list[dict[str, float | None]] = []
+    for index in range(1, runs + 1):
+        run_id = new_run_id()
+        began = time.perf_counter()
+        backend = DockerBackend(run_id)
+        try:
+            result = run_scenario(runbook, scenario_id, backend, reports / run_id)
+        finally:
+            close_began = time.perf_counter()
+            backend.close()
+            closing = time.perf_counter() - close_began
+        sample = dict(result.timings)
+        sample["teardown"] = (sample.get("teardown") or 0.0) + closing
+        sample["total"] = time.perf_counter() - began
+        samples.append(sample)
+        console.print(f"[muted]run {index}/{runs}: {result.verdict} in {sample['total']:.2f}s ({reports / run_id})[/]")
+        if result.verdict != result.expected.verdict:
+            console.print(f"[warn]run {index} verdict {result.verdict}: {result.first_missing_text}[/]")
+    return samples
+
+
+def _stats(values: list[float]) -> tuple[str, str, str]:
+    if not values:
+        return ("-", "-", "-")
+    return (f"{min(values):.2f}", f"{statistics.median(values):.2f}", f"{max(values):.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("target", choices=["mixed_nat"], help="what to measure")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--skip-cold", action="store_true", help="do not force a cold image build")
+    parser.add_argument("--reports", type=Path, default=REPO / "reports" / "bench")
+    args = parser.parse_args(argv)
+
+    from harness.signals import install_cleanup_handlers
+
+    install_cleanup_handlers()
+    try:
+        images = bench_images(cold=not args.skip_cold)
+        samples = bench_scenario(REPO / "runbooks" / "phase4-mixed-nat.yaml", "mixed_nat", args.runs, args.reports)
+    except LabError as error:
+        console.print(f"[error]error:[/] {error}")
+        return error.exit_code
+
+    table = Table(title="images")
+    table.add_column("measure")
+    table.add_column("seconds", justify="right")
+    for name, seconds in images.items():
+        table.add_row(name, f"{seconds:.2f}")
+    console.print(table)
+
+    table = Table(title=f"mixed_nat scenario, {len(samples)} runs (seconds)")
+    for column in ("phase", "min", "median", "max"):
+        table.add_column(column, justify="right" if column != "phase" else "left")
+    for phase in PHASES:
+        values = [float(s[phase]) for s in samples if s.get(phase) is not None]
+        table.add_row(phase, *_stats(values))
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

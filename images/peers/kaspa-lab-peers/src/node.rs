@@ -1,0 +1,316 @@
+//! What the three binaries share: swarm construction, start-up (settings, identity, signals) and the
+//! events every node logs about its connections.
+
+use std::error::Error;
+use std::time::Duration;
+
+use libp2p::core::ConnectedPoint;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{ConnectionId, NetworkBehaviour};
+use libp2p::{
+    dcutr, identify, noise, ping, relay, tcp, yamux, Multiaddr, PeerId, Swarm, SwarmBuilder,
+};
+use serde_json::json;
+
+use crate::config::{self, ConfigError, Parsed, Setting, Source};
+use crate::events::{emit, set_node};
+use crate::streams::{self, connection_number, transport_addr};
+
+pub const IDENTIFY_PROTOCOL: &str = "/kaspa-dcutr-lab/1.0.0";
+
+/// Exit code for bad input, as the lab expects.
+pub const EXIT_BAD_INPUT: i32 = 2;
+
+/// Parses settings or exits: `--help` prints and exits 0, bad input prints one line and exits 2.
+pub fn settings(node: &'static str, binary: &str, about: &str, wanted: &[&Setting]) -> Source {
+    set_node(node);
+    match Source::parse(
+        wanted,
+        |name| std::env::var(name).ok(),
+        std::env::args().skip(1),
+    ) {
+        Ok(Parsed::Run(source)) => source,
+        Ok(Parsed::Help) => {
+            print!("{}", config::help(binary, about, wanted));
+            std::process::exit(0);
+        }
+        Err(error) => bad_input(binary, &error),
+    }
+}
+
+pub fn bad_input(binary: &str, error: &ConfigError) -> ! {
+    eprintln!("{binary}: {error}");
+    std::process::exit(EXIT_BAD_INPUT);
+}
+
+pub fn or_exit<T>(binary: &str, result: Result<T, ConfigError>) -> T {
+    result.unwrap_or_else(|error| bad_input(binary, &error))
+}
+
+#[derive(NetworkBehaviour)]
+pub struct PeerBehaviour {
+    pub relay_client: relay::client::Behaviour,
+    pub dcutr: Toggle<dcutr::Behaviour>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kaspa: streams::Behaviour,
+}
+
+/// A private peer's swarm: TCP (listen-port reuse on dials is libp2p's default), noise, yamux, the
+/// relay-client transport, and DCUtR unless disabled (the lab's negative control).
+pub fn peer_swarm(
+    key: Keypair,
+    dcutr_enabled: bool,
+    idle: Duration,
+) -> Result<Swarm<PeerBehaviour>, Box<dyn Error>> {
+    let swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key, relay_client| PeerBehaviour {
+            relay_client,
+            dcutr: Toggle::from(
+                dcutr_enabled.then(|| dcutr::Behaviour::new(key.public().to_peer_id())),
+            ),
+            identify: identify::Behaviour::new(identify::Config::new(
+                IDENTIFY_PROTOCOL.into(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+            kaspa: streams::Behaviour::default(),
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
+    Ok(swarm)
+}
+
+#[derive(NetworkBehaviour)]
+pub struct RelayBehaviour {
+    pub relay: relay::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+}
+
+pub fn relay_swarm(key: Keypair, idle: Duration) -> Result<Swarm<RelayBehaviour>, Box<dyn Error>> {
+    let swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            // Room for a relayed Kaspa handshake and session (the fallback path): the defaults cut circuits
+            // at 128 KiB / 2 min.
+            let config = relay::Config {
+                max_circuit_duration: Duration::from_secs(600),
+                max_circuit_bytes: 16 << 20,
+                ..relay::Config::default()
+            };
+            RelayBehaviour {
+                relay: relay::Behaviour::new(peer_id, config),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    IDENTIFY_PROTOCOL.into(),
+                    key.public(),
+                )),
+                ping: ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(5)),
+                ),
+            }
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build();
+    Ok(swarm)
+}
+
+pub fn log_peer_id(peer_id: &PeerId) {
+    emit("peer_id", json!({ "peer_id": peer_id.to_string() }));
+}
+
+pub fn log_connection(peer_id: &PeerId, connection_id: ConnectionId, endpoint: &ConnectedPoint) {
+    // An inbound circuit has an empty remote address; its circuit address is the local one.
+    let relayed = endpoint.is_relayed();
+    let remote = match endpoint {
+        ConnectedPoint::Listener {
+            local_addr,
+            send_back_addr,
+        } if relayed && send_back_addr.is_empty() => local_addr,
+        _ => endpoint.get_remote_address(),
+    };
+    let role = if endpoint.is_dialer() {
+        "dialer"
+    } else {
+        "listener"
+    };
+    let mut facts = json!({
+        "peer_id": peer_id.to_string(),
+        "remote_addr": transport_addr(remote).to_string(),
+        "relayed": relayed,
+        "connection_id": connection_number(connection_id),
+        "endpoint": role,
+    });
+    if let ConnectedPoint::Listener { local_addr, .. } = endpoint {
+        facts["local_addr"] = json!(local_addr.to_string());
+    }
+    emit("connection_established", facts);
+}
+
+pub fn log_connection_closed(
+    peer_id: &PeerId,
+    connection_id: ConnectionId,
+    endpoint: &ConnectedPoint,
+    cause: Option<String>,
+) {
+    emit(
+        "connection_closed",
+        json!({
+            "peer_id": peer_id.to_string(),
+            "connection_id": connection_number(connection_id),
+            "relayed": endpoint.is_relayed(),
+            "cause": cause,
+        }),
+    );
+}
+
+/// Logs a DCUtR outcome. On success `remote_addr` is the direct connection's remote address, when known.
+pub fn log_dcutr(event: &dcutr::Event, remote_addr: Option<&Multiaddr>) {
+    let facts = match &event.result {
+        Ok(connection_id) => json!({
+            "remote_peer_id": event.remote_peer_id.to_string(),
+            "result": "ok",
+            "connection_id": connection_number(*connection_id),
+            "remote_addr": remote_addr.map(|a| a.to_string()),
+            "error": null,
+        }),
+        Err(error) => json!({
+            "remote_peer_id": event.remote_peer_id.to_string(),
+            "result": "error",
+            "connection_id": null,
+            "error": error.to_string(),
+        }),
+    };
+    emit("dcutr", facts);
+}
+
+/// `relay_addr` (ending in /p2p/<relay>) with `/p2p-circuit/p2p/<peer>` appended.
+pub fn circuit_addr(relay_addr: &Multiaddr, peer: &PeerId) -> Multiaddr {
+    relay_addr
+        .clone()
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::P2p(*peer))
+}
+
+/// The peer id at the end of a multiaddr (`/p2p/<id>`), if any.
+pub fn last_peer(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+/// The part of a circuit address before `/p2p-circuit`: the relay's own address.
+pub fn relay_part(addr: &Multiaddr) -> Option<Multiaddr> {
+    let mut relay = Multiaddr::empty();
+    for protocol in addr.iter() {
+        if matches!(protocol, Protocol::P2pCircuit) {
+            return Some(relay);
+        }
+        relay.push(protocol);
+    }
+    None
+}
+
+/// Whether a new listen address makes dials to `target` reuse the listening port. libp2p-tcp registers the
+/// interfaces of a `0.0.0.0` listener one by one and only reuses a port registered for an address of the
+/// same family and loopback-ness as the target: dialling on the first (often loopback) address would leave
+/// from an ephemeral port, and the relay would observe a port nobody can punch to.
+pub fn reuses_port_towards(listen: &Multiaddr, target: &Multiaddr) -> bool {
+    fn ip(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+        addr.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(ip.into()),
+            Protocol::Ip6(ip) => Some(ip.into()),
+            _ => None,
+        })
+    }
+    match (ip(listen), ip(target)) {
+        (Some(l), Some(t)) => l.is_ipv4() == t.is_ipv4() && l.is_loopback() == t.is_loopback(),
+        _ => false,
+    }
+}
+
+/// Requires every relay multiaddr to name its relay (`/p2p/<id>`).
+pub fn relay_peers(
+    setting: &Setting,
+    addrs: &[Multiaddr],
+) -> Result<Vec<(PeerId, Multiaddr)>, ConfigError> {
+    addrs
+        .iter()
+        .map(|addr| {
+            last_peer(addr)
+                .map(|peer| (peer, addr.clone()))
+                .ok_or_else(|| ConfigError {
+                    variable: setting.env,
+                    message: format!("{addr} does not end in /p2p/<relay peer id>"),
+                })
+        })
+        .collect()
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub fn shutdown(reason: &str, code: i32) -> ! {
+    emit("shutdown", json!({ "reason": reason, "exit_code": code }));
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streams::is_relayed;
+
+    #[test]
+    fn circuit_parts() {
+        let relay: Multiaddr =
+            "/ip4/198.18.0.10/tcp/4011/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+                .parse()
+                .expect("addr");
+        let server = PeerId::random();
+        let circuit = circuit_addr(&relay, &server);
+        assert_eq!(relay_part(&circuit), Some(relay.clone()));
+        assert_eq!(last_peer(&circuit), Some(server));
+        assert!(is_relayed(&circuit));
+        assert!(!is_relayed(&relay));
+    }
+
+    #[test]
+    fn port_reuse_needs_a_matching_listen_address() {
+        let public: Multiaddr = "/ip4/198.18.0.10/tcp/4011".parse().expect("addr");
+        let loopback: Multiaddr = "/ip4/127.0.0.1/tcp/4011".parse().expect("addr");
+        let lan: Multiaddr = "/ip4/192.168.1.2/tcp/4012".parse().expect("addr");
+        let lo: Multiaddr = "/ip4/127.0.0.1/tcp/4012".parse().expect("addr");
+        assert!(reuses_port_towards(&lan, &public));
+        assert!(!reuses_port_towards(&lo, &public));
+        assert!(reuses_port_towards(&lo, &loopback));
+    }
+}

@@ -1,0 +1,260 @@
+//! The Kaspa stream protocol as a NetworkBehaviour that knows which connection every stream runs on.
+//!
+//! Generic stream helpers pick "some" connection to a peer; the lab must be able to say, truthfully, that the
+//! handshake ran on the direct connection DCUtR produced. So outbound streams are opened on one named
+//! connection (`NotifyHandler::One`) and inbound streams are reported with the connection they arrived on,
+//! together with that connection's remote address and whether it is a relay circuit.
+
+use std::collections::{HashMap, VecDeque};
+use std::task::{Context, Poll};
+
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::ReadyUpgrade;
+use libp2p::core::Endpoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::handler::{
+    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
+    NetworkBehaviour, NotifyHandler, StreamProtocol, SubstreamProtocol, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId, Stream};
+
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/kaspa/p2p/bridge/1.0");
+
+/// What the lab needs to know about the connection a stream runs on.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub peer_id: PeerId,
+    pub connection_id: ConnectionId,
+    pub remote_addr: Multiaddr,
+    pub relayed: bool,
+}
+
+impl ConnectionInfo {
+    pub fn connection_number(&self) -> u64 {
+        connection_number(self.connection_id)
+    }
+}
+
+pub fn connection_number(id: ConnectionId) -> u64 {
+    id.to_string().parse().unwrap_or(0)
+}
+
+pub fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// A direct connection's remote address without the trailing `/p2p/<peer>`: the transport endpoint, which
+/// is what the lab compares with the NAT's public ip:port. Circuit addresses stay whole.
+pub fn transport_addr(addr: &Multiaddr) -> Multiaddr {
+    if is_relayed(addr) {
+        return addr.clone();
+    }
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Inbound(ConnectionInfo, Stream),
+    Outbound(ConnectionInfo, Stream),
+    OutboundFailed(ConnectionInfo, String),
+}
+
+#[derive(Default)]
+pub struct Behaviour {
+    connections: HashMap<ConnectionId, ConnectionInfo>,
+    pending: VecDeque<ToSwarm<Event, Command>>,
+}
+
+impl Behaviour {
+    /// Opens a Kaspa stream on exactly this connection; the result comes back as an `Outbound` or
+    /// `OutboundFailed` event.
+    pub fn open(&mut self, connection_id: ConnectionId) -> bool {
+        let Some(info) = self.connections.get(&connection_id) else {
+            return false;
+        };
+        self.pending.push_back(ToSwarm::NotifyHandler {
+            peer_id: info.peer_id,
+            handler: NotifyHandler::One(connection_id),
+            event: Command::Open,
+        });
+        true
+    }
+
+    pub fn connection(&self, connection_id: ConnectionId) -> Option<&ConnectionInfo> {
+        self.connections.get(&connection_id)
+    }
+
+    fn remember(
+        &mut self,
+        connection_id: ConnectionId,
+        peer_id: PeerId,
+        remote_addr: &Multiaddr,
+        relayed: bool,
+    ) -> Handler {
+        self.connections.insert(
+            connection_id,
+            ConnectionInfo {
+                peer_id,
+                connection_id,
+                remote_addr: transport_addr(remote_addr),
+                relayed,
+            },
+        );
+        Handler::default()
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        // An inbound circuit shows up with the circuit as *local* address and an empty remote one.
+        let relayed = is_relayed(local_addr) || is_relayed(remote_addr);
+        let remote = if relayed && remote_addr.is_empty() {
+            local_addr
+        } else {
+            remote_addr
+        };
+        Ok(self.remember(connection_id, peer, remote, relayed))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        _role_override: Endpoint,
+        _port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.remember(connection_id, peer, addr, is_relayed(addr)))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::ConnectionClosed(closed) = event {
+            self.connections.remove(&closed.connection_id);
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        let Some(info) = self.connections.get(&connection_id).cloned() else {
+            return;
+        };
+        let event = match event {
+            HandlerEvent::Inbound(stream) => Event::Inbound(info, stream),
+            HandlerEvent::Outbound(stream) => Event::Outbound(info, stream),
+            HandlerEvent::OutboundFailed(reason) => Event::OutboundFailed(info, reason),
+        };
+        self.pending.push_back(ToSwarm::GenerateEvent(event));
+    }
+
+    fn poll(
+        &mut self,
+        _cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        match self.pending.pop_front() {
+            Some(event) => Poll::Ready(event),
+            None => Poll::Pending,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Open,
+}
+
+#[derive(Debug)]
+pub enum HandlerEvent {
+    Inbound(Stream),
+    Outbound(Stream),
+    OutboundFailed(String),
+}
+
+#[derive(Default)]
+pub struct Handler {
+    to_open: usize,
+    events: VecDeque<HandlerEvent>,
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = Command;
+    type ToBehaviour = HandlerEvent;
+    type InboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, Self::InboundOpenInfo> {
+        SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ())
+    }
+
+    fn on_behaviour_event(&mut self, Command::Open: Self::FromBehaviour) {
+        self.to_open += 1;
+    }
+
+    fn poll(
+        &mut self,
+        _cx: &mut Context<'_>,
+    ) -> Poll<
+        ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
+    > {
+        if let Some(event) = self.events.pop_front() {
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
+        }
+        if self.to_open > 0 {
+            self.to_open -= 1;
+            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                protocol: SubstreamProtocol::new(ReadyUpgrade::new(PROTOCOL), ()),
+            });
+        }
+        Poll::Pending
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<
+            Self::InboundProtocol,
+            Self::OutboundProtocol,
+            Self::InboundOpenInfo,
+            Self::OutboundOpenInfo,
+        >,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: stream,
+                ..
+            }) => {
+                self.events.push_back(HandlerEvent::Inbound(stream));
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: stream,
+                ..
+            }) => {
+                self.events.push_back(HandlerEvent::Outbound(stream));
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { error, .. }) => {
+                self.events
+                    .push_back(HandlerEvent::OutboundFailed(error.to_string()));
+            }
+            _ => {}
+        }
+    }
+}
