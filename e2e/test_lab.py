@@ -67,9 +67,10 @@ def test_missing_image_is_a_one_line_setup_error(images):
 def test_interrupted_cli_run_leaves_nothing_behind(images, tmp_path, signum):
     """Ctrl-C or a cancelled CI job in the middle of a run: every container and network is removed."""
     client = docker.from_env()
-    run_id = f"sig{signum:02d}{os.getpid() % 1000:03d}"
+    run_name = f"sig{signum:02d}p{os.getpid()}"
+    run_id = f"{run_name}a1"  # the lab of the run's first attempt
     env = dict(os.environ, DCUTR_LAB_REPORTS=str(tmp_path))
-    command = ["run", "runbooks/phase4-mixed-nat.yaml", "--scenario", "mixed_nat", "--run-id", run_id]
+    command = ["run", "runbooks/phase4-mixed-nat.yaml", "--scenario", "mixed_nat", "--run-id", run_name]
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", *command],
         env=env,

@@ -295,6 +295,11 @@ class DockerLab:
         else:
             kwargs["network_mode"] = network_mode or "none"
             kwargs.pop("hostname")  # a container sharing another's namespace cannot set its own hostname
+        try:
+            # Never let Docker reach for a registry: a missing local image is a setup error, not a pull.
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise SetupError(f"image {image} is missing: run `dcutr-lab images build`") from None
         container = (
             DockerContainer(image)
             .with_name(self.object_name(name))

@@ -59,13 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("[error]interrupted[/]: cleaned up what this command started")
         return 130
-    except Exception as error:  # click usage errors and the like
-        import click
-
-        if isinstance(error, click.ClickException):
+    except Exception as error:
+        # Usage errors of the click that typer vendors: they know how to print themselves.
+        if hasattr(error, "show") and isinstance(getattr(error, "exit_code", None), int):
             error.show()
             return 2
-        if isinstance(error, click.exceptions.Abort):
+        if type(error).__name__ == "Abort":
             return 130
         raise
     return code if isinstance(code, int) else 0

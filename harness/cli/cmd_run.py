@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -38,7 +39,13 @@ def run(
             "--retries/--no-retries", help="Without --repeat: retry up to 3 attempts (PASS / PASS-FLAKY / FAIL)."
         ),
     ] = True,
-    reports: Annotated[Path, typer.Option("--reports", help="Where run directories go.")] = Path("reports"),
+    reports: Annotated[
+        Path, typer.Option("--reports", envvar="DCUTR_LAB_REPORTS", help="Where run directories go.")
+    ] = Path("reports"),
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="Name the run (default: random); attempt N's lab is labelled <run-id>aN."),
+    ] = None,
     inventory: Annotated[Path | None, typer.Option("--inventory", "-i", help="Ansible-format inventory (ssh).")] = None,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between log polls while waiting.")] = 0.25,
 ) -> None:
@@ -49,17 +56,20 @@ def run(
 
     loaded = load_runbook(runbook)  # bad runbooks fail here, before anything starts
     chosen = _select(loaded, scenario or [], marker)
-    run_id = new_run_id()
+    if run_id is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", run_id):
+        raise BadInput(f"--run-id {run_id!r}: use 1-31 lowercase letters, digits and dashes")
+    run_id = run_id or new_run_id()
     run_dir = reports / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(
         f"[step]run[/] {loaded.name} · {len(chosen)} scenario(s) on {backend} · run [bold]{run_id}[/] → {run_dir}"
     )
 
-    def make_backend(_attempt: int):
+    def make_backend(attempt: int):
         from harness.backends import create_backend
 
-        return create_backend(backend, run_id=new_run_id(), report_dir=run_dir, inventory=inventory)
+        # One lab per attempt, named after the run so `dcutr-lab clean --run <run-id>aN` finds it.
+        return create_backend(backend, run_id=f"{run_id}a{attempt}", report_dir=run_dir, inventory=inventory)
 
     started = time.time()
     results = []
