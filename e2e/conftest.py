@@ -86,3 +86,121 @@ def backend(lab):
     docker_backend = DockerBackend(lab.run_id, lab=lab)
     yield docker_backend
     docker_backend.close()
+
+
+# -- nodes: the reference peers started one by one, for tests of one piece of the lab -----------------------
+
+
+class RunningNode:
+    """A started node: follows its log through the same checkpoint definitions the runbook engine uses."""
+
+    def __init__(self, backend, name: str, role: str) -> None:
+        from harness.checkpoints import NodeLog
+        from harness.models import Role
+        from harness.sut import get_sut
+
+        self.backend = backend
+        self.name = name
+        self.log = NodeLog(node=name, file=f"{name}.log", sut=get_sut("reference"), role=Role(role))
+        self.facts: dict[str, object] = {}
+        self.multiaddr = ""  # set for the relay: what peers dial
+
+    def _pull(self) -> None:
+        self.log.append(self.backend.log_lines(self.name, start=len(self.log.lines)))
+
+    def wait(self, checkpoint: str, within: float = 30.0, **expected: str):
+        """Wait for a checkpoint with the given facts; fail with the miss's reason and the log's tail."""
+        import time
+
+        from harness.checkpoints import Hit, find
+
+        deadline = time.monotonic() + within
+        while True:
+            self._pull()
+            result = find(self.log, checkpoint, expected=expected)
+            if isinstance(result, Hit):
+                self.facts.update(result.facts)
+                return result
+            exited = self.backend.exit_code(self.name)
+            if time.monotonic() > deadline or exited is not None:
+                tail = "\n".join(line.text for line in self.log.lines[-15:])
+                pytest.fail(f"{self.name}: no {checkpoint} ({result.reason}); exit code {exited}; log tail:\n{tail}")
+            time.sleep(0.2)  # polling a container's log: there is no push channel to wait on
+
+    def exit_code(self, within: float = 60.0) -> int:
+        import time
+
+        deadline = time.monotonic() + within
+        while (code := self.backend.exit_code(self.name)) is None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.name} still runs after {within}s")
+            time.sleep(0.2)
+        self._pull()
+        return code
+
+
+def _start(backend, name: str, role: str, nat_profile: str, env: dict[str, str]) -> RunningNode:
+    from harness.models import Node, Topology
+    from harness.sut import get_sut
+
+    backend.provision(Topology(nodes={name: Node(role=role, nat_profile=nat_profile)}))
+    command = get_sut("reference").roles[role].command
+    backend.start(name, command, {"LIBP2P_IDENTITY_SEED": name, "KASPA_NETWORK": "devnet", **env})
+    return RunningNode(backend, name, role)
+
+
+@pytest.fixture
+def relay(backend) -> RunningNode:
+    """The public relay, listening; `relay.multiaddr` is what peers dial."""
+    node = _start(backend, "relay", "relay", "none", {"LIBP2P_LISTEN_MULTIADDRS": "/ip4/0.0.0.0/tcp/4011"})
+    node.wait("listening")
+    ip = backend.addresses()["relay"].public_ip
+    node.multiaddr = f"/ip4/{ip}/tcp/4011/p2p/{node.facts['peer_id']}"
+    return node
+
+
+@pytest.fixture
+def private_server(backend, relay):
+    """Factory: `private_server("full-cone")` starts a server behind that NAT holding a relay reservation."""
+
+    def make(nat_profile: str, **env: str) -> RunningNode:
+        node = _start(
+            backend,
+            "server",
+            "server",
+            nat_profile,
+            {"LIBP2P_LISTEN_MULTIADDRS": "/ip4/0.0.0.0/tcp/4012", "LIBP2P_RELAY_MULTIADDRS": relay.multiaddr, **env},
+        )
+        node.wait("reservation_accepted", relay_peer_id=str(relay.facts["peer_id"]))
+        return node
+
+    return make
+
+
+@pytest.fixture
+def private_client(backend, relay):
+    """Factory: `private_client("port-restricted", server)` starts a client dialling `server` via the relay."""
+
+    def make(nat_profile: str, server: RunningNode, **env: str) -> RunningNode:
+        server_id = str(server.facts["peer_id"])
+        return _start(
+            backend,
+            "client",
+            "client",
+            nat_profile,
+            {
+                "LIBP2P_LISTEN_MULTIADDRS": "/ip4/0.0.0.0/tcp/4013",
+                "LIBP2P_REMOTE_PEER_ID": server_id,
+                "LIBP2P_REMOTE_MULTIADDRS": f"{relay.multiaddr}/p2p-circuit/p2p/{server_id}",
+                **env,
+            },
+        )
+
+    return make
+
+
+@pytest.fixture
+def node_logs(backend, run_dir: Path):
+    """Saves every node's raw log and the routers' conntrack tables under reports/<run-id>/raw on teardown."""
+    yield run_dir / "raw"
+    backend.collect(run_dir / "raw")
