@@ -189,6 +189,7 @@ def context_files(kind: ImageKind) -> list[ContextFile]:
         return [
             ContextFile("Dockerfile", IMAGES_DIR / "router" / "Dockerfile"),
             ContextFile("dcutr-probe", PROBE_AGENT, 0o755),
+            ContextFile("dcutr-wire", IMAGES_DIR / "router" / "dcutr-wire", 0o755),
         ]
     if kind is ImageKind.peer:
         files = [

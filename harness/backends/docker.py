@@ -57,6 +57,9 @@ UPLINK_IF = "wan0"  # a home router's WAN when it sits behind a carrier NAT
 HOST_IF = "eth0"
 CONNTRACK_EVENTS = "/var/log/dcutr-lab-conntrack.events"
 
+# One-way delay each router's WAN link adds (ms). Real links have tens of ms; see DockerLab.router.
+DEFAULT_WAN_DELAY_MS = float(os.environ.get("DCUTR_LAB_WAN_DELAY_MS", "20"))
+
 # The run ids of labs still open in this process, for the signal/atexit safety net of `close_all()`.
 _OPEN_LABS: dict[str, DockerLab] = {}
 _OPEN_LOCK = threading.Lock()
@@ -352,6 +355,8 @@ class DockerLab:
             ["ip", "link", "add", a_if, "netns", str(pid_a), "type", "veth", "peer", "name", b_if, "netns", str(pid_b)],
             f"veth {a}:{a_if} <-> {b}:{b_if}",
         )
+        self._small_segments(a, a_if)
+        self._small_segments(b, b_if)
 
     def _address(self, target: str, ifname: str, cidr: str) -> None:
         self.must(target, ["ip", "addr", "add", cidr, "dev", ifname], f"address {cidr} on {ifname}")
@@ -359,8 +364,15 @@ class DockerLab:
 
     # -- building blocks -------------------------------------------------------------------------------
 
-    def router(self, name: str, nat_profile: str, *, upstream: Router | None = None) -> Router:
-        """A NAT router with a fresh LAN. Its WAN is on transit, or on `upstream`'s LAN (carrier-grade NAT)."""
+    def router(
+        self, name: str, nat_profile: str, *, upstream: Router | None = None, wan_delay_ms: float = 0.0
+    ) -> Router:
+        """A NAT router with a fresh LAN. Its WAN is on transit, or on `upstream`'s LAN (carrier-grade NAT).
+
+        With `wan_delay_ms`, the WAN reaches transit through a wire container that delays every frame by that
+        much each way (see images/router/dcutr-wire): the kernel has no netem, and punching through a router
+        that resets unsolicited SYNs depends on the SYNs crossing in flight, as they do on real links.
+        """
         from harness.nat.profiles import ROUTER_SYSCTLS, get_profile
         from harness.nat.render import render_ruleset
 
@@ -368,7 +380,16 @@ class DockerLab:
         lan_subnet = self.lan_subnet(config.lan_pool)
         image = self.image("router")
         idle = ["sleep", "infinity"]
-        if upstream is None:
+        if upstream is None and wan_delay_ms > 0:
+            transit = self.transit()
+            wan_ip = transit.next_ip()
+            container = self._start_container(
+                name, image=image, role="router", command=idle, cap_add=["NET_ADMIN", "NET_RAW"], sysctls=ROUTER_SYSCTLS
+            )
+            self._wire(name, UPLINK_IF, transit, wan_delay_ms)
+            self._address(name, UPLINK_IF, f"{wan_ip}/{transit.subnet.prefixlen}")
+            wan_if = UPLINK_IF
+        elif upstream is None:
             transit = self.transit()
             wan_ip = transit.next_ip()
             container = self._start_container(
@@ -413,6 +434,34 @@ class DockerLab:
         self.must(name, ["nft", "-f", "/etc/dcutr-lab/nat.nft"], f"nat profile {nat_profile}")
         return router
 
+    def _wire(self, router: str, router_if: str, transit: LabNetwork, delay_ms: float) -> None:
+        """A delaying wire between `router`'s `router_if` and transit; returns once it forwards frames."""
+        name = f"{router}-wire"
+        self._start_container(
+            name,
+            image=self.image("router"),
+            role="wire",
+            command=["sleep", "infinity"],
+            network=transit,
+            ip=transit.next_ip(),
+            cap_add=["NET_ADMIN", "NET_RAW"],
+            sysctls={"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv4.ip_forward": "0"},
+        )
+        self._veth(name, "w0", router, router_if)
+        self.must(name, ["ip", "link", "set", "w0", "up"], "wire port up")
+        self._small_segments(name, TRANSIT_IF)
+        ready = "/run/dcutr-wire.ready"
+        command = (
+            f"exec dcutr-wire --a {TRANSIT_IF} --b w0 --delay-ms {delay_ms:g} --ready {ready} 2>>/run/dcutr-wire.log"
+        )
+        self.container(name).get_wrapped_container().exec_run(["sh", "-c", command], detach=True)
+        # The wire opens its two sockets in milliseconds; a bounded wait, not a sleep, makes that visible.
+        self.must(name, ["sh", "-c", f"until test -s {ready}; do sleep 0.05; done"], "wire start", timeout=10)
+
+    def _small_segments(self, target: str, ifname: str) -> None:
+        """No GSO super-frames on this interface: a user-space wire can only pass frames that fit the MTU."""
+        self.must(target, ["ip", "link", "set", "dev", ifname, "gso_max_size", "1500"], f"gso_max_size on {ifname}")
+
     def private_host(self, name: str, router: Router, *, image: str | None = None) -> Host:
         """A machine on `router`'s LAN: a namespace holder whose default route is the router."""
         container = self._start_container(
@@ -442,7 +491,9 @@ class DockerLab:
             entrypoint=[],
             network=transit,
             ip=ip,
+            cap_add=["NET_ADMIN"],
         )
+        self._small_segments(name, TRANSIT_IF)
         return Host(name=name, container=container, ip=ip, gateway=None)
 
     def process(
@@ -493,8 +544,16 @@ def close_all() -> None:
 class DockerBackend:
     """The runbook engine's view of a DockerLab (see harness.backends.base.Backend)."""
 
-    def __init__(self, run_id: str, *, lab: DockerLab | None = None, images: ImageResolver | None = None) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        lab: DockerLab | None = None,
+        images: ImageResolver | None = None,
+        wan_delay_ms: float | None = None,
+    ) -> None:
         self.run_id = run_id
+        self.wan_delay_ms = DEFAULT_WAN_DELAY_MS if wan_delay_ms is None else wan_delay_ms
         self.lab = lab or DockerLab(run_id, images=images)
         self._nodes: dict[str, NodeRuntime] = {}
         self._addresses: dict[str, NodeAddresses] = {}
@@ -527,7 +586,8 @@ class DockerBackend:
         upstream: Router | None = None
         built: list[Router] = []
         for suffix, hop_profile in reversed(hops):
-            upstream = self.lab.router(f"{name}-{suffix}", hop_profile, upstream=upstream)
+            delay = self.wan_delay_ms if upstream is None else 0.0
+            upstream = self.lab.router(f"{name}-{suffix}", hop_profile, upstream=upstream, wan_delay_ms=delay)
             built.append(upstream)
         assert upstream is not None
         runtime.routers = list(reversed(built))
