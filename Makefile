@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 validate: setup
-	dcutr-lab run runbooks/phase4-mixed-nat.yaml --scenario mixed_nat
+	dcutr-lab run runbooks/phase4-mixed-nat.yaml
 
 lint:
 	ruff check .
