@@ -205,18 +205,10 @@ def context_files(kind: ImageKind) -> list[ContextFile]:
 
 
 def _docker():
-    import docker
-    import docker.errors
+    from harness.dockerd import connect
 
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except docker.errors.DockerException as error:
-        raise SetupError(
-            f"cannot reach the Docker daemon ({error.__class__.__name__}): install Docker Engine and start it "
-            "(systemctl start docker), or set DOCKER_HOST"
-        ) from error
-    return client
+    # Image builds can take minutes per API call (docker import of a 200 MB rootfs).
+    return connect(timeout=600)
 
 
 def image_exists(client, tag: str) -> bool:

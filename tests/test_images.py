@@ -51,9 +51,10 @@ def test_context_digest_covers_bytes_modes_names_and_parent(tmp_path: Path) -> N
     assert base != images.context_digest("router", "dcutr-lab/base:1", files)
 
 
-def test_router_context_bakes_in_the_probe_agent() -> None:
+def test_router_context_bakes_in_the_probe_agent_and_the_wire() -> None:
     files = {f.name: f for f in images.context_files(ImageKind.router)}
-    assert set(files) == {"Dockerfile", "dcutr-probe"}
+    assert set(files) == {"Dockerfile", "dcutr-probe", "dcutr-wire"}
+    assert files["dcutr-wire"].mode == 0o755
     assert files["dcutr-probe"].source == images.PROBE_AGENT and files["dcutr-probe"].mode == 0o755
     assert files["dcutr-probe"].source.read_text().startswith("#!/usr/bin/env python3\n")
 

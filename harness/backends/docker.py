@@ -66,15 +66,9 @@ _OPEN_LOCK = threading.Lock()
 
 
 def docker_client() -> docker.DockerClient:
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except docker.errors.DockerException as error:
-        raise SetupError(
-            f"cannot reach the Docker daemon ({error.__class__.__name__}): start it (systemctl start docker) "
-            "or set DOCKER_HOST"
-        ) from error
-    return client
+    from harness.dockerd import connect
+
+    return connect(timeout=120)
 
 
 def _default_images(kind: str) -> str:

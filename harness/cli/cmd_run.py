@@ -47,6 +47,12 @@ def run(
         typer.Option("--run-id", help="Name the run (default: random); attempt N's lab is labelled <run-id>aN."),
     ] = None,
     inventory: Annotated[Path | None, typer.Option("--inventory", "-i", help="Ansible-format inventory (ssh).")] = None,
+    accept_new_host_keys: Annotated[
+        bool,
+        typer.Option(
+            "--accept-new-host-keys", help="ssh: trust host keys not in known_hosts, for this run only (never changed)."
+        ),
+    ] = False,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between log polls while waiting.")] = 0.25,
 ) -> None:
     """Run RUNBOOK's scenarios; exit 0 when every verdict is as expected, 1 otherwise, 2 on bad input."""
@@ -69,7 +75,8 @@ def run(
         from harness.backends import create_backend
 
         # One lab per attempt, named after the run so `dcutr-lab clean --run <run-id>aN` finds it.
-        return create_backend(backend, run_id=f"{run_id}a{attempt}", report_dir=run_dir, inventory=inventory)
+        options = {"accept_new_host_keys": True} if accept_new_host_keys else {}
+        return create_backend(backend, run_id=f"{run_id}a{attempt}", report_dir=run_dir, inventory=inventory, **options)
 
     started = time.time()
     results = []

@@ -130,6 +130,30 @@ pub fn relay_swarm(key: Keypair, idle: Duration) -> Result<Swarm<RelayBehaviour>
     Ok(swarm)
 }
 
+/// Listens on every address or exits 2 naming `LIBP2P_LISTEN_MULTIADDRS`.
+pub fn listen_all<B: NetworkBehaviour>(swarm: &mut Swarm<B>, binary: &str, addrs: Vec<Multiaddr>) {
+    for addr in addrs {
+        if let Err(error) = swarm.listen_on(addr.clone()) {
+            bad_input(
+                binary,
+                &ConfigError {
+                    variable: config::LISTEN.env,
+                    message: format!("cannot listen on {addr}: {error}"),
+                },
+            );
+        }
+    }
+}
+
+/// Fires after `run_for`, or (practically) never when it is zero.
+pub fn run_deadline(run_for: Duration) -> tokio::time::Sleep {
+    tokio::time::sleep(if run_for.is_zero() {
+        Duration::MAX / 4
+    } else {
+        run_for
+    })
+}
+
 pub fn log_peer_id(peer_id: &PeerId) {
     emit("peer_id", json!({ "peer_id": peer_id.to_string() }));
 }

@@ -94,17 +94,7 @@ async fn main() {
         "config",
         json!({ "network": network, "dcutr_enabled": dcutr, "allow_relay_fallback": fallback }),
     );
-    for addr in listen {
-        if let Err(error) = swarm.listen_on(addr.clone()) {
-            node::bad_input(
-                BINARY,
-                &ConfigError {
-                    variable: LISTEN.env,
-                    message: format!("cannot listen on {addr}: {error}"),
-                },
-            );
-        }
-    }
+    node::listen_all(&mut swarm, BINARY, listen);
 
     let (open_tx, mut open_rx) = mpsc::channel::<StreamRequest>(64);
     let (done_tx, mut done_rx) = mpsc::channel::<Result<(), String>>(1);

@@ -30,24 +30,10 @@ async fn main() {
         Err(error) => node::shutdown(&format!("swarm: {error}"), 1),
     };
     node::log_peer_id(&peer_id);
-    for addr in listen {
-        if let Err(error) = swarm.listen_on(addr.clone()) {
-            node::bad_input(
-                BINARY,
-                &kaspa_lab_peers::config::ConfigError {
-                    variable: LISTEN.env,
-                    message: format!("cannot listen on {addr}: {error}"),
-                },
-            );
-        }
-    }
+    node::listen_all(&mut swarm, BINARY, listen);
     let stop = node::termination();
     tokio::pin!(stop);
-    let deadline = tokio::time::sleep(if run_for.is_zero() {
-        std::time::Duration::MAX / 4
-    } else {
-        run_for
-    });
+    let deadline = node::run_deadline(run_for);
     tokio::pin!(deadline);
     loop {
         tokio::select! {

@@ -10,9 +10,7 @@ use libp2p::{identify, relay};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use kaspa_lab_peers::config::{
-    ConfigError, DCUTR, IDLE, KEY_FILE, LISTEN, NETWORK, RELAYS, RUN_FOR, SEED,
-};
+use kaspa_lab_peers::config::{DCUTR, IDLE, KEY_FILE, LISTEN, NETWORK, RELAYS, RUN_FOR, SEED};
 use kaspa_lab_peers::events::emit;
 use kaspa_lab_peers::identity;
 use kaspa_lab_peers::kaspa::{self, KaspaIo, Local};
@@ -60,26 +58,12 @@ async fn main() {
         }
     });
 
-    for addr in listen {
-        if let Err(error) = swarm.listen_on(addr.clone()) {
-            node::bad_input(
-                BINARY,
-                &ConfigError {
-                    variable: LISTEN.env,
-                    message: format!("cannot listen on {addr}: {error}"),
-                },
-            );
-        }
-    }
+    node::listen_all(&mut swarm, BINARY, listen);
     let mut dialed_relays = false;
     let mut reserving: HashSet<libp2p::PeerId> = HashSet::new();
     let stop = node::termination();
     tokio::pin!(stop);
-    let deadline = tokio::time::sleep(if run_for.is_zero() {
-        std::time::Duration::MAX / 4
-    } else {
-        run_for
-    });
+    let deadline = node::run_deadline(run_for);
     tokio::pin!(deadline);
     loop {
         tokio::select! {

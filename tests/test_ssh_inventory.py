@@ -1,0 +1,326 @@
+"""Inventories load into checked models; a bad one is one line naming the file, its line, the host and the key.
+
+Also what the SSH backend decides before it touches the network: node-to-host mapping, NAT profile checks,
+sanitiser hints, `describe()`, and an unreachable host failing fast with one line naming it.
+"""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.backends import create_backend
+from harness.backends.ssh import SshBackend, load_inventory
+from harness.errors import BadInput, SetupError
+from harness.models import Node, Topology
+
+INVENTORIES = Path(__file__).resolve().parent.parent / "inventories"
+
+GOOD = """\
+all:
+  vars:
+    ansible_user: dcutr
+  hosts:
+    relay-vm:
+      ansible_host: 198.18.0.10
+      dcutr_role: relay
+    home-pc:
+      ansible_host: 198.18.0.11
+      ansible_port: 2222
+      dcutr_role: server
+      dcutr_nat_profile: openwrt-fw4-fullcone
+    home-router:
+      ansible_host: 192.168.1.1
+      ansible_user: root
+      dcutr_role: router
+      dcutr_router_of: home-pc
+      dcutr_jump: home-pc
+    client-vps:
+      ansible_host: client.example.net
+      dcutr_role: client
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "inventory.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(BadInput) as caught:
+        load_inventory(path)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    assert path.name in message, message
+    return message
+
+
+def phase6_topology(**profiles: str) -> Topology:
+    return Topology(
+        nodes={
+            "relay": Node(role="relay"),
+            "server": Node(role="server", nat_profile=profiles.get("server", "openwrt-fw4-fullcone")),
+            "client": Node(role="client", nat_profile=profiles.get("client", "port-restricted")),
+        }
+    )
+
+
+# -- loading ------------------------------------------------------------------------------------------------
+
+
+def test_good_inventory_merges_vars(tmp_path):
+    inventory = load_inventory(write(tmp_path, GOOD))
+    assert list(inventory.hosts) == ["relay-vm", "home-pc", "home-router", "client-vps"]
+    assert inventory.hosts["relay-vm"].ansible_user == "dcutr"  # from all.vars
+    assert inventory.hosts["home-router"].ansible_user == "root"  # the host's own value wins
+    assert inventory.hosts["home-pc"].ansible_port == 2222
+    assert inventory.router_of("home-pc").name == "home-router"
+
+
+def test_shipped_example_loads():
+    inventory = load_inventory(INVENTORIES / "fleet.example.yml")
+    roles = sorted(h.dcutr_role for h in inventory.hosts.values())
+    assert roles == ["client", "jump", "relay", "router", "server"]
+
+
+def test_local_template_refuses_to_load_unrendered():
+    message = error_of(INVENTORIES / "local.yml")
+    assert "ansible_host" in message and "template" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "words"),
+    [
+        pytest.param(
+            GOOD.replace("dcutr_role: relay", "dcutr_rol: relay"),
+            ":7: all.hosts.relay-vm.dcutr_rol:",
+            ["unknown key 'dcutr_rol'", "dcutr_role"],
+            id="unknown-dcutr-key",
+        ),
+        pytest.param(
+            GOOD.replace("dcutr_role: client", "dcutr_role: clinet"),
+            ":21: all.hosts.client-vps.dcutr_role:",
+            ["'clinet'"],
+            id="bad-role",
+        ),
+        pytest.param(
+            GOOD.replace("ansible_user: dcutr", "ansible_port: http"),
+            ":3: all.vars.ansible_port:",
+            ["host 'relay-vm'", "integer"],
+            id="bad-shared-var-names-the-host",
+        ),
+        pytest.param(
+            GOOD.replace("      ansible_host: client.example.net\n", ""),
+            ":19: all.hosts.client-vps: required key ansible_host missing",
+            [],
+            id="missing-host",
+        ),
+        pytest.param(
+            GOOD.replace("openwrt-fw4-fullcone", "fullcone-ish"),
+            ":12: all.hosts.home-pc.dcutr_nat_profile:",
+            ["unknown NAT profile 'fullcone-ish'", "port-restricted"],
+            id="unknown-nat-profile",
+        ),
+        pytest.param(
+            GOOD.replace("      dcutr_role: relay\n", "      dcutr_role: relay\n      dcutr_nat_profile: symmetric\n"),
+            "all.hosts.relay-vm.dcutr_nat_profile:",
+            ["relay must be public"],
+            id="relay-behind-nat",
+        ),
+        pytest.param(
+            GOOD.replace("      dcutr_router_of: home-pc\n", ""),
+            "all.hosts.home-router.dcutr_role:",
+            ["needs dcutr_router_of"],
+            id="router-without-lan-host",
+        ),
+        pytest.param(
+            GOOD.replace("dcutr_router_of: home-pc", "dcutr_router_of: nas"),
+            "all.hosts.home-router.dcutr_router_of:",
+            ["'nas'"],
+            id="router-of-unknown-host",
+        ),
+        pytest.param(
+            GOOD.replace("      dcutr_role: server\n", "      dcutr_role: server\n      dcutr_jump: home-router\n"),
+            "all.hosts.home-pc.dcutr_jump:",
+            ["loop", "home-pc -> home-router -> home-pc"],
+            id="jump-loop",
+        ),
+        pytest.param(
+            GOOD.replace("ansible_host: 198.18.0.10", 'ansible_host: "{{ relay_ip }}"'),
+            "all.hosts.relay-vm.ansible_host:",
+            ["template"],
+            id="unrendered-template",
+        ),
+        pytest.param(
+            GOOD.replace("ansible_host: 198.18.0.10", "ansible_host: dcutr@198.18.0.10"),
+            "all.hosts.relay-vm.ansible_host:",
+            ["ansible_user"],
+            id="user-in-host",
+        ),
+        pytest.param(
+            GOOD.replace(
+                "      ansible_host: client.example.net\n",
+                "      ansible_host: client.example.net\n      ansible_ssh_common_args: -o ProxyJump=bastion\n",
+            ),
+            "all.hosts.client-vps.ansible_ssh_common_args:",
+            ["dcutr_jump"],
+            id="proxyjump-only-for-ansible",
+        ),
+        pytest.param(
+            GOOD.replace("  vars:\n", "  children:\n    relays: {}\n  vars:\n"),
+            ":2: all.children:",
+            ["groups are not read"],
+            id="groups",
+        ),
+        pytest.param("- just\n- a list\n", "inventory.yml", ["mapping"], id="not-a-mapping"),
+        pytest.param("relays:\n  hosts: {}\n", ":1: relays:", ["all.hosts"], id="top-level-group"),
+        pytest.param("all:\n  hosts: {}\n", "all.hosts:", ["no hosts"], id="no-hosts"),
+    ],
+)
+def test_bad_inventory_is_one_line_naming_file_and_field(tmp_path, text, where, words):
+    message = error_of(write(tmp_path, text))
+    assert where in message, message
+    for word in words:
+        assert word in message, message
+
+
+def test_password_never_shows(tmp_path):
+    text = GOOD.replace("ansible_user: dcutr", "ansible_user: dcutr\n    ansible_password: hunter2-secret")
+    inventory = load_inventory(write(tmp_path, text))
+    assert "hunter2" not in repr(inventory)
+    assert inventory.hosts["relay-vm"].ansible_password.get_secret_value() == "hunter2-secret"
+    # An error about another key of a host with a password does not print it either.
+    broken = text.replace("dcutr_role: client", "dcutr_role: 7")
+    assert "hunter2" not in error_of(write(tmp_path, broken, "broken.yml"))
+
+
+def test_ansible_ssh_pass_is_an_alias_and_not_both(tmp_path):
+    text = GOOD.replace("ansible_user: dcutr", "ansible_user: dcutr\n    ansible_ssh_pass: pw")
+    assert load_inventory(write(tmp_path, text)).hosts["home-pc"].ansible_password is not None
+    both = text.replace("ansible_ssh_pass: pw", "ansible_ssh_pass: pw\n    ansible_password: pw2")
+    assert "not both" in error_of(write(tmp_path, both, "both.yml"))
+
+
+def test_become_password_is_refused(tmp_path):
+    text = GOOD.replace("ansible_user: root", "ansible_user: admin\n      ansible_become_password: pw")
+    assert "sudo -n" in error_of(write(tmp_path, text))
+
+
+# -- the backend before the network ---------------------------------------------------------------------------
+
+
+def test_create_backend_ssh_needs_an_inventory(tmp_path):
+    with pytest.raises(BadInput, match="--inventory"):
+        create_backend("ssh", run_id="r1", report_dir=tmp_path)
+    backend = create_backend("ssh", run_id="r1", report_dir=tmp_path, inventory=write(tmp_path, GOOD))
+    assert isinstance(backend, SshBackend)
+    backend.close()
+    with pytest.raises(BadInput, match="ssh only"):
+        create_backend("docker", run_id="r1", report_dir=tmp_path, accept_new_host_keys=True)
+
+
+def test_create_backend_reports_inventory_errors(tmp_path):
+    path = write(tmp_path, GOOD.replace("dcutr_role: relay", "dcutr_role: relais"))
+    with pytest.raises(BadInput, match=r"inventory\.yml:7: all\.hosts\.relay-vm\.dcutr_role"):
+        create_backend("ssh", run_id="r1", report_dir=tmp_path, inventory=path)
+
+
+def test_nodes_map_by_name_then_role(tmp_path):
+    backend = SshBackend("r1", write(tmp_path, GOOD))
+    assert backend._plan(phase6_topology()) == {"relay": "relay-vm", "server": "home-pc", "client": "client-vps"}
+    named = GOOD.replace("    client-vps:", "    client:")
+    backend = SshBackend("r1", write(tmp_path, named, "named.yml"))
+    assert backend._plan(phase6_topology())["client"] == "client"
+
+
+@pytest.mark.parametrize(
+    ("text", "topology", "words"),
+    [
+        pytest.param(
+            GOOD.replace("dcutr_role: client", "dcutr_role: jump"),
+            phase6_topology(),
+            ["no host for runbook node 'client'", "dcutr_role: client"],
+            id="missing-role",
+        ),
+        pytest.param(
+            GOOD + "    client-2:\n      ansible_host: 198.18.0.12\n      dcutr_role: client\n",
+            phase6_topology(),
+            ["2 hosts have dcutr_role client", "client-vps, client-2", "name one of them 'client'"],
+            id="ambiguous-role",
+        ),
+        pytest.param(
+            GOOD.replace("    relay-vm:", "    server:"),
+            phase6_topology(),
+            ["host 'server' has dcutr_role relay", "runbook node 'server' is a server"],
+            id="name-with-other-role",
+        ),
+        pytest.param(
+            GOOD,
+            phase6_topology(server="symmetric"),
+            ["host 'home-pc'", "'openwrt-fw4-fullcone'", "'symmetric'", "cannot change its NAT"],
+            id="nat-profile-mismatch",
+        ),
+    ],
+)
+def test_provision_refuses_a_fleet_that_does_not_fit_before_connecting(tmp_path, text, topology, words):
+    backend = SshBackend("r1", write(tmp_path, text))
+    with pytest.raises(BadInput) as caught:
+        backend.provision(topology)
+    message = str(caught.value)
+    assert "\n" not in message and "inventory.yml" in message
+    for word in words:
+        assert word in message, message
+    assert backend._remotes == {}
+
+
+def test_missing_key_file_is_named_at_provision(tmp_path):
+    text = GOOD.replace("ansible_user: dcutr", "ansible_user: dcutr\n    ansible_ssh_private_key_file: keys/none")
+    backend = SshBackend("r1", write(tmp_path, text))
+    with pytest.raises(BadInput, match=r"host 'relay-vm': ansible_ssh_private_key_file .*keys/none: no such file"):
+        backend.provision(phase6_topology())
+
+
+def test_unreachable_host_is_one_line_naming_it(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    key = tmp_path / "id_ed25519"
+    key.write_text("not really a key\n")
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    text = f"""\
+    all:
+      vars:
+        ansible_ssh_private_key_file: {key}
+        dcutr_known_hosts: {known_hosts}
+      hosts:
+        relay-vm: {{ansible_host: 127.0.0.1, ansible_port: {port}, dcutr_role: relay}}
+    """
+    backend = SshBackend("r1", write(tmp_path, text), connect_timeout=2)
+    with pytest.raises(SetupError) as caught:
+        backend.provision(Topology(nodes={"relay": Node(role="relay")}))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "host 'relay-vm'" in message and "unreachable" in message and "refused" in message
+    assert "127.0.0.1" not in message and "not really" not in message
+    assert backend._remotes == {} and backend._closed
+
+
+def test_sanitise_hints_and_describe_name_no_address(tmp_path):
+    backend = SshBackend("r1", write(tmp_path, GOOD))
+    backend._nodes = {n: None for n in ("relay", "server", "client")}  # as after provision()
+    backend._routers = {"server-router": "home-router"}
+    backend._hostnames = {"relay", "ip-10-0-0-5", "Server-Router"}
+    hints = backend.sanitise_hints
+    assert hints["users"] == ["dcutr", "root"]
+    assert set(hints["hostnames"]) == {"relay-vm", "home-pc", "home-router", "client-vps", "client.example.net"} | {
+        "ip-10-0-0-5"
+    }
+    described = str(backend.describe())
+    for secret in ("198.18", "192.168", "example.net", "dcutr", "home-pc"):
+        assert secret not in described.replace("dcutr-lab", ""), described
+    backend.close()
