@@ -13,6 +13,9 @@ Wiring, and why it is not "one Docker network per LAN":
   via the router, lives for the whole run) and the *process* container running the SUT binary, created at
   `start()`. So the network is ready before the SUT's first packet, a restart keeps addresses, and the
   process's logs and exit code are plain Docker ones.
+- A router's WAN link has latency (the kernel has no netem): by default its WAN is a veth `wan0` to a
+  `<router>-wire` container on transit that forwards frames after DEFAULT_WAN_DELAY_MS each way
+  (images/router/dcutr-wire; $DCUTR_LAB_WAN_DELAY_MS, 0 puts the router's `eth0` on transit as before).
 - Everything carries the labels of `harness.labels`; `close()` removes by handle and then sweeps by the run
   label, so even objects created by a half-finished call are found.
 """
@@ -53,16 +56,34 @@ ImageResolver = Callable[[str], str]
 # Interface names inside router and host containers; fixed so rulesets and logs read the same in every run.
 TRANSIT_IF = "eth0"
 LAN_IF = "lan0"
-UPLINK_IF = "wan0"  # a home router's WAN when it sits behind a carrier NAT
+UPLINK_IF = "wan0"  # a router's WAN when it is a veth: behind a carrier NAT, or to its wire
 HOST_IF = "eth0"
 CONNTRACK_EVENTS = "/var/log/dcutr-lab-conntrack.events"
 
-# One-way delay each router's WAN link adds (ms). Real links have tens of ms; see DockerLab.router.
-DEFAULT_WAN_DELAY_MS = float(os.environ.get("DCUTR_LAB_WAN_DELAY_MS", "20"))
+WIRE_IF = "w0"  # a wire container's port towards its router (its other port, eth0, is on transit)
+
+# One-way delay each router's WAN link adds (ms), unless DCUTR_LAB_WAN_DELAY_MS says otherwise (0: no wire, the
+# router's eth0 sits on transit itself). Real links have tens of ms; see DockerLab.router.
+DEFAULT_WAN_DELAY_MS = 20.0
+WAN_DELAY_ENV = "DCUTR_LAB_WAN_DELAY_MS"
 
 # The run ids of labs still open in this process, for the signal/atexit safety net of `close_all()`.
 _OPEN_LABS: dict[str, DockerLab] = {}
 _OPEN_LOCK = threading.Lock()
+
+
+def default_wan_delay_ms() -> float:
+    """The WAN delay of a run's routers: $DCUTR_LAB_WAN_DELAY_MS if set, else DEFAULT_WAN_DELAY_MS."""
+    raw = os.environ.get(WAN_DELAY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_WAN_DELAY_MS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 10_000:
+        raise BadInput(f"{WAN_DELAY_ENV}={raw!r}: want a one-way delay in ms, 0 to 10000")
+    return value
 
 
 def docker_client() -> docker.DockerClient:
@@ -103,6 +124,7 @@ class Router:
     lan_ip: str
     lan_subnet: ipaddress.IPv4Network
     ruleset: str = ""
+    wire: str | None = None  # the `<name>-wire` container shaping its WAN link, if any
 
 
 @dataclass
@@ -359,28 +381,48 @@ class DockerLab:
     # -- building blocks -------------------------------------------------------------------------------
 
     def router(
-        self, name: str, nat_profile: str, *, upstream: Router | None = None, wan_delay_ms: float = 0.0
+        self,
+        name: str,
+        nat_profile: str,
+        *,
+        upstream: Router | None = None,
+        wan_delay_ms: float = 0.0,
+        wan_loss: float = 0.0,
+        wan_jitter_ms: float = 0.0,
     ) -> Router:
         """A NAT router with a fresh LAN. Its WAN is on transit, or on `upstream`'s LAN (carrier-grade NAT).
 
-        With `wan_delay_ms`, the WAN reaches transit through a wire container that delays every frame by that
-        much each way (see images/router/dcutr-wire): the kernel has no netem, and punching through a router
-        that resets unsolicited SYNs depends on the SYNs crossing in flight, as they do on real links.
+        With all three link settings 0 the router's `eth0` is on transit. Otherwise its WAN is `wan0`, a veth
+        to a `<name>-wire` container whose `eth0` is on transit; the wire (images/router/dcutr-wire) delays
+        every frame `wan_delay_ms` each way (plus up to `wan_jitter_ms`, never reordering) and drops
+        `wan_loss` percent of them. The router keeps its transit address either way, and `Router.wan_if` names
+        the interface its ruleset matches. The kernel has no netem, and punching through a router that resets
+        unsolicited SYNs depends on the SYNs crossing in flight, as they do on real links.
         """
         from harness.nat.profiles import ROUTER_SYSCTLS, get_profile
         from harness.nat.render import render_ruleset
 
         config = get_profile(nat_profile)
+        if not (wan_delay_ms >= 0 and wan_jitter_ms >= 0 and 0 <= wan_loss < 100):  # NaN fails too
+            raise BadInput(
+                f"router {name}: WAN delay {wan_delay_ms:g} ms, jitter {wan_jitter_ms:g} ms, loss {wan_loss:g}%: "
+                "want delay and jitter >= 0 and loss in [0, 100)"
+            )
+        wired = wan_delay_ms > 0 or wan_jitter_ms > 0 or wan_loss > 0
+        if wired and upstream is not None:
+            raise BadInput(
+                f"router {name}: a WAN delay or loss belongs to the hop on transit, not behind {upstream.name}"
+            )
         lan_subnet = self.lan_subnet(config.lan_pool)
         image = self.image("router")
         idle = ["sleep", "infinity"]
-        if upstream is None and wan_delay_ms > 0:
+        if upstream is None and wired:
             transit = self.transit()
             wan_ip = transit.next_ip()
             container = self._start_container(
                 name, image=image, role="router", command=idle, cap_add=["NET_ADMIN", "NET_RAW"], sysctls=ROUTER_SYSCTLS
             )
-            self._wire(name, UPLINK_IF, transit, wan_delay_ms)
+            self._wire(name, UPLINK_IF, transit, delay_ms=wan_delay_ms, jitter_ms=wan_jitter_ms, loss=wan_loss)
             self._address(name, UPLINK_IF, f"{wan_ip}/{transit.subnet.prefixlen}")
             wan_if = UPLINK_IF
         elif upstream is None:
@@ -422,35 +464,66 @@ class DockerLab:
             lan_if=LAN_IF,
             lan_ip=lan_ip,
             lan_subnet=lan_subnet,
+            wire=f"{name}-wire" if upstream is None and wired else None,
         )
         router.ruleset = render_ruleset(config, wan_if=wan_if, wan_ip=wan_ip, lan_if=LAN_IF, lan_subnet=str(lan_subnet))
         self.put_file(name, "/etc/dcutr-lab/nat.nft", router.ruleset)
         self.must(name, ["nft", "-f", "/etc/dcutr-lab/nat.nft"], f"nat profile {nat_profile}")
         return router
 
-    def _wire(self, router: str, router_if: str, transit: LabNetwork, delay_ms: float) -> None:
-        """A delaying wire between `router`'s `router_if` and transit; returns once it forwards frames."""
+    def _wire(
+        self, router: str, router_if: str, transit: LabNetwork, *, delay_ms: float, jitter_ms: float, loss: float
+    ) -> None:
+        """A shaping wire between `router`'s `router_if` and transit; returns once it forwards frames.
+
+        The wire program is the container's main process (its log is the container's log, SIGTERM ends it).
+        It waits for its router port, which only exists once the container runs and the veth is made.
+        """
         name = f"{router}-wire"
+        ready = "/run/dcutr-wire.ready"
+        command = [
+            "dcutr-wire",
+            "--a",
+            TRANSIT_IF,
+            "--b",
+            WIRE_IF,
+            "--delay-ms",
+            f"{delay_ms:g}",
+            "--jitter-ms",
+            f"{jitter_ms:g}",
+            "--loss",
+            f"{loss:g}",
+            "--wait",
+            "60",
+            "--ready",
+            ready,
+        ]
         self._start_container(
             name,
             image=self.image("router"),
             role="wire",
-            command=["sleep", "infinity"],
+            command=command,
             network=transit,
             ip=transit.next_ip(),
             cap_add=["NET_ADMIN", "NET_RAW"],
             sysctls={"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv4.ip_forward": "0"},
         )
-        self._veth(name, "w0", router, router_if)
-        self.must(name, ["ip", "link", "set", "w0", "up"], "wire port up")
-        self._small_segments(name, TRANSIT_IF)
-        ready = "/run/dcutr-wire.ready"
-        command = (
-            f"exec dcutr-wire --a {TRANSIT_IF} --b w0 --delay-ms {delay_ms:g} --ready {ready} 2>>/run/dcutr-wire.log"
-        )
-        self.container(name).get_wrapped_container().exec_run(["sh", "-c", command], detach=True)
+        # A cable has no address: without one the wire's own kernel answers nothing on transit (Docker needed
+        # an address to attach the container; nobody else gets it, the lab hands out addresses in order).
+        self.must(name, ["ip", "addr", "flush", "dev", TRANSIT_IF], "wire address flush")
+        self._veth(name, WIRE_IF, router, router_if)
+        self.must(name, ["ip", "link", "set", WIRE_IF, "up"], "wire port up")
         # The wire opens its two sockets in milliseconds; a bounded wait, not a sleep, makes that visible.
-        self.must(name, ["sh", "-c", f"until test -s {ready}; do sleep 0.05; done"], "wire start", timeout=10)
+        try:
+            started = self.exec(name, ["sh", "-c", f"until test -s {ready}; do sleep 0.02; done"], timeout=10)
+            problem = "" if started.exit_code == 0 else f"no {ready} after 10s"
+        except LabError as error:  # the wire exited, and its container with it
+            problem = str(error)
+        if problem:
+            with contextlib.suppress(docker.errors.APIError):
+                logs = self.container(name).get_wrapped_container().logs(tail=3).decode("utf-8", "replace")
+                problem = " | ".join([problem, *(line for line in logs.splitlines() if line.strip())])
+            raise SetupError(f"wire {name} did not start: {problem}")
 
     def _small_segments(self, target: str, ifname: str) -> None:
         """No GSO super-frames on this interface: a user-space wire can only pass frames that fit the MTU."""
@@ -547,7 +620,7 @@ class DockerBackend:
         wan_delay_ms: float | None = None,
     ) -> None:
         self.run_id = run_id
-        self.wan_delay_ms = DEFAULT_WAN_DELAY_MS if wan_delay_ms is None else wan_delay_ms
+        self.wan_delay_ms = default_wan_delay_ms() if wan_delay_ms is None else wan_delay_ms
         self.lab = lab or DockerLab(run_id, images=images)
         self._nodes: dict[str, NodeRuntime] = {}
         self._addresses: dict[str, NodeAddresses] = {}

@@ -115,12 +115,24 @@ def punch(
     trials: Annotated[int, typer.Option(help="Punches per pair.")] = 1,
     attempts: Annotated[int, typer.Option(help="Dials per punch before giving up (DCUtR makes 3).")] = 3,
     skew: Annotated[float, typer.Option(help="Seconds side b dials after side a (negative: a after b).")] = 0.0,
+    delay_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--delay-ms",
+            min=0,
+            help="One-way delay of each router's WAN link, ms (default: the runs' own, $DCUTR_LAB_WAN_DELAY_MS "
+            "or 20; 0: routers straight on transit).",
+        ),
+    ] = None,
+    loss: Annotated[
+        float, typer.Option("--loss", min=0, max=99.9, help="Percent of frames each WAN link drops, each way.")
+    ] = 0.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here.")] = None,
 ) -> None:
     """TCP hole punching between every pair of the profiles, without libp2p; exit 1 on an unexpected outcome."""
     import json
 
-    from harness.backends.docker import DockerLab
+    from harness.backends.docker import DockerLab, default_wan_delay_ms
     from harness.nat.profiles import get_profile, profile_names
     from harness.nat.punch import pairs_of, punch_pairs, punch_table
 
@@ -128,14 +140,18 @@ def punch(
     for name in names:
         get_profile(name)
     pairs = pairs_of(names)
+    delay = default_wan_delay_ms() if delay_ms is None else delay_ms
     with DockerLab() as lab:
-        console.print(f"[muted]lab {lab.run_id}: {len(pairs)} pair(s) x {trials} trial(s)[/]")
+        link = f"WAN delay {delay:g} ms" + (f", loss {loss:g}%" if loss else "")
+        console.print(f"[muted]lab {lab.run_id}: {len(pairs)} pair(s) x {trials} trial(s), {link}[/]")
         results = punch_pairs(
             pairs,
             lab=lab,
             trials=trials,
             attempts=attempts,
             skew=skew,
+            wan_delay_ms=delay,
+            wan_loss=loss,
             progress=lambda m: console.print(f"  [muted]{m}[/]"),
         )
     console.print(punch_table(results))

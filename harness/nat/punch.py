@@ -6,6 +6,10 @@ moment, and dial each other from that same port (SO_REUSEPORT) up to `attempts` 
 when both sides end up on one TCP connection to each other (both connect()s succeed in a simultaneous open, or
 one side's SYN reaches the other's listener).
 
+Link latency matters: with none, a router that resets unsolicited SYNs (openwrt-fw4) often sees the other
+side's SYN before its own side's left and kills that attempt; on real links both SYNs are in flight at once.
+`wan_delay_ms` puts a delaying wire on each router's WAN (see DockerLab.router), as the runbook backend does.
+
 `expected_outcome` derives what RFC 4787 properties predict; `punch_pairs` measures it on a DockerLab.
 """
 
@@ -80,6 +84,8 @@ class PunchResult(BaseModel):
     trial: int
     skew_s: float
     expected: Expectation
+    delay_ms: float = 0.0  # one-way delay of each router's WAN link
+    loss: float = 0.0  # percent of frames each router's WAN link dropped, each way
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -123,12 +129,16 @@ def punch_pairs(
     attempts: int = 3,
     dial_timeout: float = 2.0,
     skew: float = 0.0,
+    wan_delay_ms: float = 0.0,
+    wan_loss: float = 0.0,
     progress: Callable[[str], None] | None = None,
 ) -> list[PunchResult]:
     """Measure each pair `trials` times on `lab` (a harness.backends.docker.DockerLab).
 
     `skew` > 0 delays side b's dial by that many seconds after the rendezvous (side a's when < 0): the
-    timing error a real DCUtR exchange has when its RTT estimate is off.
+    timing error a real DCUtR exchange has when its RTT estimate is off. `wan_delay_ms` and `wan_loss`
+    (percent) shape the WAN link of each side's outermost router; the rendezvous stays on transit, like the
+    relay of a run.
     """
     from harness.backends.docker import router_hops
 
@@ -151,7 +161,14 @@ def punch_pairs(
             if hops:
                 upstream = None
                 for suffix, hop_profile in reversed(hops):
-                    upstream = lab.router(f"{node}-{suffix}", hop_profile, upstream=upstream)
+                    outermost = upstream is None
+                    upstream = lab.router(
+                        f"{node}-{suffix}",
+                        hop_profile,
+                        upstream=upstream,
+                        wan_delay_ms=wan_delay_ms if outermost else 0.0,
+                        wan_loss=wan_loss if outermost else 0.0,
+                    )
                 lab.private_host(node, upstream, image=image)
             else:
                 lab.public_host(node, image=image)
@@ -202,7 +219,15 @@ def punch_pairs(
                     if done.exit_code != 0:
                         raise SetupError(f"punch side {profile} failed (exit {done.exit_code}): {done.output[-400:]}")
                     sides.append(side_from_report(profile, parse_agent_output(done.output)))
-                result = PunchResult(a=sides[0], b=sides[1], trial=trial, skew_s=skew, expected=expected)
+                result = PunchResult(
+                    a=sides[0],
+                    b=sides[1],
+                    trial=trial,
+                    skew_s=skew,
+                    expected=expected,
+                    delay_ms=wan_delay_ms,
+                    loss=wan_loss,
+                )
                 say(
                     f"{a} x {b} #{trial}: {'direct' if result.direct else 'no direct path'} "
                     f"({sides[0].outcome}/{sides[1].outcome}, {result.attempts} attempt(s)), expected {expected}"
@@ -215,7 +240,13 @@ def punch_table(results: Sequence[PunchResult]):
     """One row per pair: direct successes over trials, attempts used, against the RFC 4787 prediction."""
     from rich.table import Table
 
-    table = Table(title="TCP hole punching between NAT profiles (simultaneous open, DCUtR-style)")
+    title = "TCP hole punching between NAT profiles (simultaneous open, DCUtR-style)"
+    if results:
+        first = results[0]
+        title += f", WAN delay {first.delay_ms:g} ms each way" + (f", loss {first.loss:g}%" if first.loss else "")
+        if first.skew_s:
+            title += f", skew {first.skew_s:g} s"
+    table = Table(title=title)
     for column in ("a", "b", "expected", "direct", "attempts", "outcomes a/b", "verdict"):
         table.add_column(column, no_wrap=True)
     grouped: dict[tuple[str, str], list[PunchResult]] = {}

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
 /// A setting: its environment variable, its flag, and the help line.
@@ -174,10 +175,15 @@ impl Source {
             .map(str::trim)
             .filter(|part| !part.is_empty())
             .map(|part| {
-                part.parse::<Multiaddr>().map_err(|error| ConfigError {
+                let bad = |why: String| ConfigError {
                     variable: setting.env,
-                    message: format!("bad multiaddr {part:?}: {error}"),
-                })
+                    message: format!("bad multiaddr {part:?}: {why}"),
+                };
+                let addr = part
+                    .parse::<Multiaddr>()
+                    .map_err(|error| bad(error.to_string()))?;
+                ip_tcp(&addr).map_err(bad)?;
+                Ok(addr)
             })
             .collect()
     }
@@ -255,8 +261,20 @@ impl Source {
     }
 }
 
+/// The peers speak TCP only and resolve no names: an address must start with `/ip4/A/tcp/P` or
+/// `/ip6/A/tcp/P` (a circuit address starts with its relay's).
+pub fn ip_tcp(addr: &Multiaddr) -> Result<(), String> {
+    let mut parts = addr.iter();
+    match (parts.next(), parts.next()) {
+        (Some(Protocol::Ip4(_) | Protocol::Ip6(_)), Some(Protocol::Tcp(_))) => Ok(()),
+        _ => Err(
+            "expected /ip4/<addr>/tcp/<port> or /ip6/<addr>/tcp/<port> (TCP only, no DNS)".into(),
+        ),
+    }
+}
+
 /// The `--help` text of a binary: what it does, then every setting as `--flag / ENV: help`.
-pub fn help(binary: &str, about: &str, settings: &[&Setting]) -> String {
+pub fn help(binary: &str, about: &str, settings: &[&Setting], defaults: &str) -> String {
     let mut text =
         format!("{binary}: {about}\n\nSettings (flag or environment variable; a flag wins):\n");
     for setting in settings {
@@ -265,8 +283,11 @@ pub fn help(binary: &str, about: &str, settings: &[&Setting]) -> String {
             setting.flag, setting.env, setting.help
         ));
     }
+    text.push_str(&format!("\nDefaults: {defaults}\n"));
     text.push_str(
-        "\nExit codes: 0 success, 1 the run failed (see the last JSON event), 2 bad input.\n",
+        "\nLogs: one JSON object a line on stdout ({\"ts\", \"node\", \"event\", ...}), human lines on stderr.\n\
+         Exit codes: 0 success, 1 the run failed (see the last JSON event), 2 bad input (one line on stderr\n\
+         naming the variable).\n",
     );
     text
 }
@@ -329,6 +350,27 @@ mod tests {
         .expect("parse");
         assert!(source.flag(&DCUTR, true).is_err());
         assert!(source.network().unwrap_err().message.contains("devnet"));
+    }
+
+    #[test]
+    fn only_ip_tcp_addresses() {
+        let source =
+            parse(&[("LIBP2P_LISTEN_MULTIADDRS", "/dns4/relay/tcp/4011")], &[]).expect("parse");
+        let error = source.multiaddrs(&LISTEN, "").unwrap_err();
+        assert_eq!(error.variable, "LIBP2P_LISTEN_MULTIADDRS");
+        assert!(error.message.contains("TCP only"));
+        let source =
+            parse(&[("LIBP2P_LISTEN_MULTIADDRS", "/ip4/1.2.3.4/udp/1")], &[]).expect("parse");
+        assert!(source.multiaddrs(&LISTEN, "").is_err());
+        let source = parse(
+            &[(
+                "LIBP2P_LISTEN_MULTIADDRS",
+                " /ip4/0.0.0.0/tcp/1 , /ip6/::/tcp/2 ,",
+            )],
+            &[],
+        )
+        .expect("parse");
+        assert_eq!(source.multiaddrs(&LISTEN, "").expect("addrs").len(), 2);
     }
 
     #[test]

@@ -133,6 +133,14 @@ fn message(payload: Payload) -> KaspadMessage {
     }
 }
 
+/// What the peer said about itself in its Version (the network already checked against ours).
+#[derive(Debug, Clone)]
+pub struct PeerVersion {
+    pub protocol_version: u32,
+    pub network: String,
+    pub user_agent: String,
+}
+
 #[derive(Debug)]
 pub enum HandshakeError {
     Rejected(String),
@@ -144,11 +152,20 @@ pub enum HandshakeError {
 impl std::fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Rejected(reason) => write!(f, "rejected by the peer: {reason}"),
-            Self::WrongNetwork(network) => write!(f, "peer is on network {network}"),
-            Self::Closed(reason) => write!(f, "stream closed: {reason}"),
+            Self::Rejected(reason) => write!(f, "rejected by the peer: {}", clip(reason)),
+            Self::WrongNetwork(network) => write!(f, "peer is on network {}", clip(network)),
+            Self::Closed(reason) => write!(f, "stream closed: {}", clip(reason)),
             Self::Timeout(step) => write!(f, "timed out waiting for {step}"),
         }
+    }
+}
+
+/// Remote-controlled text as it goes into a log line: at most `CLIP` characters.
+pub fn clip(text: &str) -> String {
+    const CLIP: usize = 200;
+    match text.char_indices().nth(CLIP) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_string(),
     }
 }
 
@@ -178,7 +195,7 @@ pub async fn handshake(
     rx: &mut Inbound,
     initiator: bool,
     first: Option<KaspadMessage>,
-) -> Result<(u32, String), HandshakeError> {
+) -> Result<PeerVersion, HandshakeError> {
     let send = |msg: KaspadMessage| async move {
         tx.send(msg)
             .await
@@ -186,7 +203,7 @@ pub async fn handshake(
     };
     let (mut version_sent, mut verack_sent, mut verack_received, mut ready_sent) =
         (false, false, false, false);
-    let mut peer_version: Option<(u32, String)> = None;
+    let mut peer_version: Option<PeerVersion> = None;
     if initiator {
         send(local.version()).await?;
         version_sent = true;
@@ -219,11 +236,15 @@ pub async fn handshake(
                     })))
                     .await;
                     let mut map = facts(info);
-                    map.insert("reason".into(), json!(reason));
+                    map.insert("reason".into(), json!(clip(&reason)));
                     emit("reject_sent", serde_json::Value::Object(map));
                     return Err(HandshakeError::WrongNetwork(version.network));
                 }
-                peer_version = Some((version.protocol_version, version.network));
+                peer_version = Some(PeerVersion {
+                    protocol_version: version.protocol_version,
+                    network: version.network,
+                    user_agent: version.user_agent,
+                });
                 if !version_sent {
                     send(local.version()).await?;
                     version_sent = true;
@@ -247,7 +268,7 @@ pub async fn handshake(
             }
             Some(Payload::Reject(reject)) => {
                 let mut map = facts(info);
-                map.insert("reason".into(), json!(reject.reason));
+                map.insert("reason".into(), json!(clip(&reject.reason)));
                 emit("reject_received", serde_json::Value::Object(map));
                 return Err(HandshakeError::Rejected(reject.reason));
             }
@@ -261,11 +282,12 @@ pub async fn handshake(
     }
 }
 
-fn complete(info: &ConnectionInfo, protocol_version: u32, network: &str) {
+fn complete(info: &ConnectionInfo, peer: &PeerVersion) {
     let mut map = facts(info);
     map.insert("remote_addr".into(), json!(info.remote_addr.to_string()));
-    map.insert("network".into(), json!(network));
-    map.insert("protocol_version".into(), json!(protocol_version));
+    map.insert("network".into(), json!(peer.network));
+    map.insert("protocol_version".into(), json!(peer.protocol_version));
+    map.insert("user_agent".into(), json!(clip(&peer.user_agent)));
     emit("handshake_complete", serde_json::Value::Object(map));
 }
 
@@ -321,7 +343,7 @@ async fn serve_stream(
         Some(Payload::Version(_))
     ) {
         match handshake(&local, &info, &tx, inbound, false, first.take()).await {
-            Ok((version, network)) => complete(&info, version, &network),
+            Ok(peer) => complete(&info, &peer),
             Err(error) => {
                 let mut map = facts(&info);
                 map.insert("reason".into(), json!(error.to_string()));
@@ -355,7 +377,18 @@ pub async fn serve(
     local: Local,
     incoming: mpsc::Receiver<KaspaIo>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = ReceiverStream::new(incoming).map(Ok::<_, io::Error>);
+    serve_streams(local, ReceiverStream::new(incoming)).await
+}
+
+/// [`serve`] over any byte streams that know their connection facts.
+pub async fn serve_streams<IO>(
+    local: Local,
+    incoming: impl FuturesStream<Item = IO> + Send + 'static,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: AsyncRead + AsyncWrite + Connected<ConnectInfo = ConnectionInfo> + Send + Unpin + 'static,
+{
+    let incoming = incoming.map(Ok::<_, io::Error>);
     Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -381,6 +414,14 @@ pub struct Session {
 /// Opens `protowire.P2P/MessageStream` over `io`.
 pub async fn open(io: KaspaIo) -> Result<Session, String> {
     let info = io.info.clone();
+    open_on(io, info).await
+}
+
+/// [`open`] over any byte stream, reporting `info` as its connection facts.
+pub async fn open_on<IO>(io: IO, info: ConnectionInfo) -> Result<Session, String>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let slot = Arc::new(Mutex::new(Some(io)));
     let connector = tower::service_fn(move |_| {
         let taken = slot.lock().ok().and_then(|mut slot| slot.take());
@@ -414,7 +455,7 @@ pub async fn open(io: KaspaIo) -> Result<Session, String> {
 
 /// Client: handshake on `session`, logging `handshake_complete` with the connection's facts.
 pub async fn client_handshake(local: &Local, session: &mut Session) -> Result<(), HandshakeError> {
-    let (version, network) = handshake(
+    let peer = handshake(
         local,
         &session.info,
         &session.tx,
@@ -423,7 +464,7 @@ pub async fn client_handshake(local: &Local, session: &mut Session) -> Result<()
         None,
     )
     .await?;
-    complete(&session.info, version, &network);
+    complete(&session.info, &peer);
     Ok(())
 }
 
@@ -457,6 +498,129 @@ pub async fn ping(session: &mut Session, nonce: u64) -> Result<Duration, String>
                 return Ok(rtt);
             }
             Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::swarm::ConnectionId;
+    use libp2p::PeerId;
+    use tokio::io::DuplexStream;
+
+    /// An in-memory byte stream standing in for a libp2p stream.
+    struct Pipe(DuplexStream, ConnectionInfo);
+
+    impl AsyncRead for Pipe {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Pipe {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl Connected for Pipe {
+        type ConnectInfo = ConnectionInfo;
+        fn connect_info(&self) -> ConnectionInfo {
+            self.1.clone()
+        }
+    }
+
+    fn info() -> ConnectionInfo {
+        ConnectionInfo {
+            peer_id: PeerId::random(),
+            connection_id: ConnectionId::new_unchecked(7),
+            remote_addr: "/ip4/198.18.0.3/tcp/4012".parse().expect("addr"),
+            relayed: false,
+        }
+    }
+
+    /// A server on `network` with `streams` client pipes connected to it.
+    fn server(network: &str, streams: usize) -> Vec<Pipe> {
+        let (tx, rx) = mpsc::channel(streams);
+        let mut clients = Vec::new();
+        for _ in 0..streams {
+            let (a, b) = tokio::io::duplex(64 << 10);
+            tx.try_send(Pipe(b, info())).expect("queue");
+            clients.push(Pipe(a, info()));
+        }
+        let local = Local::new(network.into());
+        tokio::spawn(async move {
+            let _open = tx; // the server keeps accepting while the test runs
+            serve_streams(local, ReceiverStream::new(rx)).await
+        });
+        clients
+    }
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text() {
+        assert_eq!(clip("kaspa-devnet"), "kaspa-devnet");
+        let long = "x".repeat(10_000);
+        assert_eq!(clip(&long).len(), 203);
+    }
+
+    #[tokio::test]
+    async fn handshake_then_ping_over_grpc() {
+        let pipe = server("devnet", 1).pop().expect("pipe");
+        let info = pipe.1.clone();
+        let mut session = open_on(pipe, info).await.expect("open");
+        let local = Local::new("devnet".into());
+        client_handshake(&local, &mut session)
+            .await
+            .expect("handshake");
+        ping(&mut session, 42).await.expect("pong");
+    }
+
+    #[tokio::test]
+    async fn wrong_network_gets_reject() {
+        let pipe = server("devnet", 1).pop().expect("pipe");
+        let info = pipe.1.clone();
+        let mut session = open_on(pipe, info).await.expect("open");
+        let local = Local::new("testnet-10".into());
+        match client_handshake(&local, &mut session).await {
+            Err(HandshakeError::Rejected(reason)) => assert!(reason.contains("kaspa-testnet-10")),
+            other => panic!("expected Reject, got {other:?}"),
+        }
+    }
+
+    /// Multi-megabyte messages in both directions (tonic's default limit is 4 MiB, and the PoC hit
+    /// FRAME_SIZE_ERROR with default HTTP/2 settings): a 5 MiB network name goes out in Version and comes
+    /// back inside the Reject.
+    #[tokio::test]
+    async fn kaspa_sized_messages_cross_the_bridge() {
+        let pipe = server("devnet", 1).pop().expect("pipe");
+        let info = pipe.1.clone();
+        let mut session = open_on(pipe, info).await.expect("open");
+        let huge = "x".repeat(5 << 20);
+        let local = Local::new(huge.clone());
+        match client_handshake(&local, &mut session).await {
+            Err(HandshakeError::Rejected(reason)) => {
+                assert!(reason.len() > 5 << 20);
+                assert!(reason.contains(&huge));
+            }
+            other => panic!(
+                "expected Reject, got {:?}",
+                other.map_err(|e| clip(&e.to_string()))
+            ),
         }
     }
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::config::{self, ConfigError, Parsed, Setting, Source};
 use crate::events::{emit, set_node};
-use crate::streams::{self, connection_number, transport_addr};
+use crate::streams::{self, connection_number, remote_of};
 
 pub const IDENTIFY_PROTOCOL: &str = "/kaspa-dcutr-lab/1.0.0";
 
@@ -24,7 +24,13 @@ pub const IDENTIFY_PROTOCOL: &str = "/kaspa-dcutr-lab/1.0.0";
 pub const EXIT_BAD_INPUT: i32 = 2;
 
 /// Parses settings or exits: `--help` prints and exits 0, bad input prints one line and exits 2.
-pub fn settings(node: &'static str, binary: &str, about: &str, wanted: &[&Setting]) -> Source {
+pub fn settings(
+    node: &'static str,
+    binary: &str,
+    about: &str,
+    wanted: &[&Setting],
+    defaults: &str,
+) -> Source {
     set_node(node);
     match Source::parse(
         wanted,
@@ -33,7 +39,7 @@ pub fn settings(node: &'static str, binary: &str, about: &str, wanted: &[&Settin
     ) {
         Ok(Parsed::Run(source)) => source,
         Ok(Parsed::Help) => {
-            print!("{}", config::help(binary, about, wanted));
+            print!("{}", config::help(binary, about, wanted, defaults));
             std::process::exit(0);
         }
         Err(error) => bad_input(binary, &error),
@@ -64,6 +70,7 @@ pub fn peer_swarm(
     key: Keypair,
     dcutr_enabled: bool,
     idle: Duration,
+    relay_addrs: &[Multiaddr],
 ) -> Result<Swarm<PeerBehaviour>, Box<dyn Error>> {
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -83,7 +90,7 @@ pub fn peer_swarm(
                 key.public(),
             )),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
-            kaspa: streams::Behaviour::default(),
+            kaspa: streams::Behaviour::new(relay_addrs),
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
         .build();
@@ -107,11 +114,18 @@ pub fn relay_swarm(key: Keypair, idle: Duration) -> Result<Swarm<RelayBehaviour>
         )?
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
-            // Room for a relayed Kaspa handshake and session (the fallback path): the defaults cut circuits
-            // at 128 KiB / 2 min.
+            // A lab relay: room for a relayed Kaspa handshake and session (the fallback path; the defaults
+            // cut circuits at 128 KiB / 2 min), for many runs in a row from the same peers and NAT addresses
+            // (no rate limits: the defaults allow 30 circuits per peer per 2 min), and for parallel runs.
             let config = relay::Config {
+                max_reservations: 512,
+                max_reservations_per_peer: 8,
+                reservation_rate_limiters: Vec::new(),
+                max_circuits: 256,
+                max_circuits_per_peer: 32,
                 max_circuit_duration: Duration::from_secs(600),
                 max_circuit_bytes: 16 << 20,
+                circuit_src_rate_limiters: Vec::new(),
                 ..relay::Config::default()
             };
             RelayBehaviour {
@@ -158,16 +172,14 @@ pub fn log_peer_id(peer_id: &PeerId) {
     emit("peer_id", json!({ "peer_id": peer_id.to_string() }));
 }
 
-pub fn log_connection(peer_id: &PeerId, connection_id: ConnectionId, endpoint: &ConnectedPoint) {
-    // An inbound circuit has an empty remote address; its circuit address is the local one.
-    let relayed = endpoint.is_relayed();
-    let remote = match endpoint {
-        ConnectedPoint::Listener {
-            local_addr,
-            send_back_addr,
-        } if relayed && send_back_addr.is_empty() => local_addr,
-        _ => endpoint.get_remote_address(),
-    };
+/// Logs `connection_established`. `to_relay` says whether the peer is one of our relays.
+pub fn log_connection(
+    peer_id: &PeerId,
+    connection_id: ConnectionId,
+    endpoint: &ConnectedPoint,
+    to_relay: bool,
+) {
+    let (remote, relayed) = remote_of(endpoint);
     let role = if endpoint.is_dialer() {
         "dialer"
     } else {
@@ -175,10 +187,11 @@ pub fn log_connection(peer_id: &PeerId, connection_id: ConnectionId, endpoint: &
     };
     let mut facts = json!({
         "peer_id": peer_id.to_string(),
-        "remote_addr": transport_addr(remote).to_string(),
+        "remote_addr": remote.to_string(),
         "relayed": relayed,
         "connection_id": connection_number(connection_id),
         "endpoint": role,
+        "to_relay": to_relay,
     });
     if let ConnectedPoint::Listener { local_addr, .. } = endpoint {
         facts["local_addr"] = json!(local_addr.to_string());
@@ -266,6 +279,30 @@ pub fn reuses_port_towards(listen: &Multiaddr, target: &Multiaddr) -> bool {
     match (ip(listen), ip(target)) {
         (Some(l), Some(t)) => l.is_ipv4() == t.is_ipv4() && l.is_loopback() == t.is_loopback(),
         _ => false,
+    }
+}
+
+/// How long a peer waits for a listen address that makes dials reuse the listening port before it dials the
+/// relays anyway (from an ephemeral port, which DCUtR can rarely punch to).
+pub const PORT_REUSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Dials every relay once (each dial is logged when it fails to start).
+pub fn dial_relays<B: NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
+    relays: &std::collections::HashMap<PeerId, Multiaddr>,
+    failed_event: &str,
+) {
+    for (peer, addr) in relays {
+        if let Err(error) = swarm.dial(addr.clone()) {
+            emit(
+                failed_event,
+                json!({
+                    "relay_peer_id": peer.to_string(),
+                    "relay_addr": addr.to_string(),
+                    "reason": error.to_string(),
+                }),
+            );
+        }
     }
 }
 

@@ -5,12 +5,12 @@
 //! connection (`NotifyHandler::One`) and inbound streams are reported with the connection they arrived on,
 //! together with that connection's remote address and whether it is a relay circuit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::task::{Context, Poll};
 
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::ReadyUpgrade;
-use libp2p::core::Endpoint;
+use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::handler::{
     ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
@@ -58,6 +58,28 @@ pub fn transport_addr(addr: &Multiaddr) -> Multiaddr {
         .collect()
 }
 
+/// The remote address of a connection as the lab reports it, and whether the connection is a relay circuit.
+///
+/// An inbound circuit arrives with the circuit as *local* address (`<relay>/p2p-circuit`) and only
+/// `/p2p/<src>` as remote address: its remote is then reported as `<relay>/p2p-circuit/p2p/<src>`.
+pub fn remote_of(endpoint: &ConnectedPoint) -> (Multiaddr, bool) {
+    let relayed = endpoint.is_relayed();
+    let remote = match endpoint {
+        ConnectedPoint::Listener {
+            local_addr,
+            send_back_addr,
+        } if relayed => {
+            let mut addr = local_addr.clone();
+            if let Some(peer @ Protocol::P2p(_)) = send_back_addr.iter().last() {
+                addr.push(peer);
+            }
+            addr
+        }
+        _ => transport_addr(endpoint.get_remote_address()),
+    };
+    (remote, relayed)
+}
+
 #[derive(Debug)]
 pub enum Event {
     Inbound(ConnectionInfo, Stream),
@@ -65,13 +87,24 @@ pub enum Event {
     OutboundFailed(ConnectionInfo, String),
 }
 
+/// The Kaspa stream behaviour. `relay_endpoints` are the relays' transport addresses (`/ip4/A/tcp/P`): a
+/// connection whose remote is one of them counts as relayed even if it is not a circuit, so `relayed=false`
+/// always means a non-circuit connection to something other than the relay.
 #[derive(Default)]
 pub struct Behaviour {
+    relay_endpoints: HashSet<Multiaddr>,
     connections: HashMap<ConnectionId, ConnectionInfo>,
     pending: VecDeque<ToSwarm<Event, Command>>,
 }
 
 impl Behaviour {
+    pub fn new(relay_addrs: &[Multiaddr]) -> Self {
+        Self {
+            relay_endpoints: relay_addrs.iter().map(transport_addr).collect(),
+            ..Self::default()
+        }
+    }
+
     /// Opens a Kaspa stream on exactly this connection; the result comes back as an `Outbound` or
     /// `OutboundFailed` event.
     pub fn open(&mut self, connection_id: ConnectionId) -> bool {
@@ -86,6 +119,7 @@ impl Behaviour {
         true
     }
 
+    /// The facts of an open connection (any peer, any protocol).
     pub fn connection(&self, connection_id: ConnectionId) -> Option<&ConnectionInfo> {
         self.connections.get(&connection_id)
     }
@@ -94,19 +128,19 @@ impl Behaviour {
         &mut self,
         connection_id: ConnectionId,
         peer_id: PeerId,
-        remote_addr: &Multiaddr,
-        relayed: bool,
-    ) -> Handler {
+        endpoint: &ConnectedPoint,
+    ) {
+        let (remote_addr, circuit) = remote_of(endpoint);
+        let relayed = circuit || self.relay_endpoints.contains(&remote_addr);
         self.connections.insert(
             connection_id,
             ConnectionInfo {
                 peer_id,
                 connection_id,
-                remote_addr: transport_addr(remote_addr),
+                remote_addr,
                 relayed,
             },
         );
-        Handler::default()
     }
 }
 
@@ -121,14 +155,12 @@ impl NetworkBehaviour for Behaviour {
         local_addr: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        // An inbound circuit shows up with the circuit as *local* address and an empty remote one.
-        let relayed = is_relayed(local_addr) || is_relayed(remote_addr);
-        let remote = if relayed && remote_addr.is_empty() {
-            local_addr
-        } else {
-            remote_addr
+        let endpoint = ConnectedPoint::Listener {
+            local_addr: local_addr.clone(),
+            send_back_addr: remote_addr.clone(),
         };
-        Ok(self.remember(connection_id, peer, remote, relayed))
+        self.remember(connection_id, peer, &endpoint);
+        Ok(Handler::default())
     }
 
     fn handle_established_outbound_connection(
@@ -136,10 +168,16 @@ impl NetworkBehaviour for Behaviour {
         connection_id: ConnectionId,
         peer: PeerId,
         addr: &Multiaddr,
-        _role_override: Endpoint,
-        _port_use: PortUse,
+        role_override: Endpoint,
+        port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.remember(connection_id, peer, addr, is_relayed(addr)))
+        let endpoint = ConnectedPoint::Dialer {
+            address: addr.clone(),
+            role_override,
+            port_use,
+        };
+        self.remember(connection_id, peer, &endpoint);
+        Ok(Handler::default())
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {

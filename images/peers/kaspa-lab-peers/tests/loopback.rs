@@ -4,7 +4,7 @@
 use std::fs;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -12,6 +12,7 @@ use serde_json::Value;
 struct Node {
     child: Child,
     log: PathBuf,
+    human: PathBuf,
 }
 
 impl Drop for Node {
@@ -76,18 +77,31 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn spawn(binary: &str, log: &str, env: &[(&str, String)]) -> Node {
+    let human = tmp(&format!("{log}.stderr"));
     let log = tmp(log);
     let out = fs::File::create(&log).expect("log file");
+    let err = fs::File::create(&human).expect("stderr file");
     let mut command = Command::new(binary);
-    command.stdout(out).stderr(Stdio::null()).env_clear();
+    command.stdout(out).stderr(err).env_clear();
     for (key, value) in env {
         command.env(key, value);
     }
     Node {
         child: command.spawn().expect("spawn"),
         log,
+        human,
     }
 }
+
+/// Both logs of a node, as text.
+fn all_text(node: &Node) -> String {
+    fs::read_to_string(&node.log).unwrap_or_default()
+        + &fs::read_to_string(&node.human).unwrap_or_default()
+}
+
+const RELAY_SEED: &str = "seed-relay-3b9f";
+const SERVER_SEED: &str = "seed-server-c41d";
+const CLIENT_SEED: &str = "seed-client-77e0";
 
 fn peer_id(node: &Node) -> String {
     node.wait_for("peer_id", |e| e["event"] == "peer_id")["peer_id"]
@@ -113,7 +127,7 @@ fn lab(tag: &str, server_env: &[(&str, String)]) -> Lab {
                 "LIBP2P_LISTEN_MULTIADDRS",
                 format!("/ip4/127.0.0.1/tcp/{relay_port}"),
             ),
-            ("LIBP2P_IDENTITY_SEED", "relay".into()),
+            ("LIBP2P_IDENTITY_SEED", RELAY_SEED.into()),
         ],
     );
     let relay_id = peer_id(&relay);
@@ -125,7 +139,7 @@ fn lab(tag: &str, server_env: &[(&str, String)]) -> Lab {
             format!("/ip4/127.0.0.1/tcp/{}", free_port()),
         ),
         ("LIBP2P_RELAY_MULTIADDRS", relay_addr.clone()),
-        ("LIBP2P_IDENTITY_SEED", "server".into()),
+        ("LIBP2P_IDENTITY_SEED", SERVER_SEED.into()),
         ("KASPA_NETWORK", "devnet".into()),
     ];
     env.extend(server_env.iter().cloned());
@@ -156,7 +170,7 @@ fn client(lab: &Lab, tag: &str, extra: &[(&str, String)]) -> Node {
             "LIBP2P_REMOTE_MULTIADDRS",
             format!("{}/p2p-circuit/p2p/{}", lab.relay_addr, lab.server_id),
         ),
-        ("LIBP2P_IDENTITY_SEED", "client".into()),
+        ("LIBP2P_IDENTITY_SEED", CLIENT_SEED.into()),
         ("KASPA_NETWORK", "devnet".into()),
         ("SESSION_SECS", "1".into()),
         ("DIRECT_DEADLINE_SECS", "4".into()),
@@ -176,6 +190,13 @@ fn find<'a>(events: &'a [Value], event: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == event).collect()
 }
 
+fn listen_addr(events: &[Value]) -> String {
+    find(events, "listening")[0]["addr"]
+        .as_str()
+        .expect("listen addr")
+        .to_string()
+}
+
 #[test]
 fn punches_and_handshakes_on_the_direct_connection() {
     let lab = lab("direct", &[]);
@@ -183,6 +204,22 @@ fn punches_and_handshakes_on_the_direct_connection() {
     assert!(client.wait_exit().success());
     let events = client.events();
     let client_id = find(&events, "peer_id")[0]["peer_id"].clone();
+    let client_listen = listen_addr(&events);
+    let server_events = lab.server.events();
+    let server_listen = listen_addr(&server_events);
+    let relay_transport = lab
+        .relay_addr
+        .split("/p2p/")
+        .next()
+        .expect("relay transport");
+
+    // Dials reuse the listening port: the relay observes each peer at its listen address.
+    let observed = find(&events, "observed_addr");
+    assert_eq!(observed[0]["addr"], client_listen.as_str());
+    assert_eq!(
+        find(&server_events, "observed_addr")[0]["addr"],
+        server_listen.as_str()
+    );
 
     let relayed = find(&events, "connection_established");
     assert!(relayed
@@ -194,26 +231,97 @@ fn punches_and_handshakes_on_the_direct_connection() {
         .find(|e| e["result"] == "ok")
         .expect("dcutr ok");
     assert_eq!(ok["remote_peer_id"], lab.server_id.as_str());
+    let direct = find(&events, "direct_connection");
+    assert_eq!(direct.len(), 1);
+    assert_eq!(direct[0]["connection_id"], ok["connection_id"]);
+    assert_eq!(direct[0]["source"], "dcutr");
+
+    // The handshake ran on the DCUtR connection, to the server's listen port, not through the relay.
     let handshake = find(&events, "handshake_complete");
     assert_eq!(handshake.len(), 1);
     assert_eq!(handshake[0]["relayed"], false);
     assert_eq!(handshake[0]["connection_id"], ok["connection_id"]);
-    assert!(!handshake[0]["remote_addr"]
-        .as_str()
-        .unwrap_or("")
-        .contains("p2p-circuit"));
-    assert!(!find(&events, "kaspa_pong").is_empty());
+    assert_eq!(handshake[0]["remote_addr"], server_listen.as_str());
+    assert_eq!(handshake[0]["network"], "kaspa-devnet");
+    assert_eq!(handshake[0]["protocol_version"], 7);
+    let steps: Vec<&str> = find(&events, "handshake_step")
+        .iter()
+        .filter_map(|e| e["step"].as_str())
+        .collect();
+    for step in [
+        "version_sent",
+        "version_received",
+        "verack_sent",
+        "verack_received",
+        "ready_sent",
+        "ready_received",
+    ] {
+        assert!(steps.contains(&step), "{step} missing in {steps:?}");
+    }
+    assert!(find(&events, "handshake_step")
+        .iter()
+        .all(|e| e["relayed"] == false && e["connection_id"] == ok["connection_id"]));
+    let pongs = find(&events, "kaspa_pong");
+    assert!(!pongs.is_empty());
+    assert!(pongs.iter().all(|e| e["relayed"] == false));
+    // The relayed connection was closed once the direct one was up.
+    assert!(find(&events, "connection_closed")
+        .iter()
+        .any(|e| e["relayed"] == true && e["peer_id"] == lab.server_id.as_str()));
+    let shutdown = find(&events, "shutdown");
+    assert_eq!(shutdown[0]["exit_code"], 0);
 
+    // The server saw a direct connection too: TCP from the client, not the relay. (Its port is the client's
+    // listen port when the client's DCUtR dial could reuse it; on loopback the server's own DCUtR dial
+    // often takes that 4-tuple first and libp2p-tcp redials from a fresh port.)
     let server_side = lab
         .server
         .wait_for("handshake", |e| e["event"] == "handshake_complete");
     assert_eq!(server_side["relayed"], false);
     assert_eq!(server_side["peer_id"], client_id);
+    let server_remote = server_side["remote_addr"].as_str().unwrap_or("");
+    assert!(
+        server_remote.starts_with("/ip4/127.0.0.1/tcp/"),
+        "{server_remote}"
+    );
+    assert!(!server_remote.contains("p2p-circuit"));
+    assert_ne!(server_remote, relay_transport);
+    let server_events = lab.server.events();
+    let server_direct = find(&server_events, "connection_established")
+        .into_iter()
+        .find(|e| e["connection_id"] == server_side["connection_id"])
+        .expect("the handshake's connection");
+    assert_eq!(server_direct["relayed"], false);
+    assert_eq!(server_direct["remote_addr"], server_remote);
+    let inbound_circuit = find(&server_events, "connection_established")
+        .into_iter()
+        .find(|e| e["relayed"] == true)
+        .expect("inbound circuit");
+    assert_eq!(
+        inbound_circuit["remote_addr"],
+        format!(
+            "{}/p2p-circuit/p2p/{}",
+            lab.relay_addr,
+            client_id.as_str().unwrap_or("")
+        )
+        .as_str()
+    );
+
     let circuit = lab
         .relay
         .wait_for("circuit", |e| e["event"] == "circuit_accepted");
     assert_eq!(circuit["src_peer_id"], client_id);
     assert_eq!(circuit["dst_peer_id"], lab.server_id.as_str());
+    lab.relay
+        .wait_for("circuit closed", |e| e["event"] == "circuit_closed");
+
+    // No log line carries an identity seed.
+    for node in [&lab.relay, &lab.server, &client] {
+        let text = all_text(node);
+        for seed in [RELAY_SEED, SERVER_SEED, CLIENT_SEED] {
+            assert!(!text.contains(seed), "{} leaks a seed", node.log.display());
+        }
+    }
 }
 
 #[test]
@@ -266,43 +374,254 @@ fn wrong_network_is_rejected() {
 
 #[test]
 fn bad_input_is_one_line_naming_the_variable_and_exit_2() {
-    let cases = [
+    const RELAY: &str = env!("CARGO_BIN_EXE_kaspa_p2p_relay");
+    const SERVER: &str = env!("CARGO_BIN_EXE_kaspa_p2p_server");
+    const CLIENT: &str = env!("CARGO_BIN_EXE_kaspa_p2p_client");
+    const ID: &str = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+    let circuit = format!("/ip4/127.0.0.1/tcp/1/p2p/{ID}/p2p-circuit/p2p/{ID}");
+    // (binary, environment, arguments, the variable the error must name)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>, &'a str);
+    let cases: Vec<Case> = vec![
         (
-            env!("CARGO_BIN_EXE_kaspa_p2p_relay"),
+            RELAY,
+            vec![("LIBP2P_LISTEN_MULTIADDRS", "not/a/multiaddr")],
+            vec![],
             "LIBP2P_LISTEN_MULTIADDRS",
-            "not/a/multiaddr",
         ),
         (
-            env!("CARGO_BIN_EXE_kaspa_p2p_server"),
+            RELAY,
+            vec![("LIBP2P_LISTEN_MULTIADDRS", "/dns4/relay/tcp/4011")],
+            vec![],
+            "LIBP2P_LISTEN_MULTIADDRS",
+        ),
+        (
+            RELAY,
+            vec![("LIBP2P_IDENTITY_FILE", "/nonexistent/key")],
+            vec![],
+            "LIBP2P_IDENTITY_FILE",
+        ),
+        (
+            RELAY,
+            vec![("IDLE_TIMEOUT_SECS", "soon")],
+            vec![],
+            "IDLE_TIMEOUT_SECS",
+        ),
+        (
+            SERVER,
+            vec![("LIBP2P_RELAY_MULTIADDRS", "/ip4/127.0.0.1/tcp/1")],
+            vec![],
             "LIBP2P_RELAY_MULTIADDRS",
-            "/ip4/127.0.0.1/tcp/1",
         ),
         (
-            env!("CARGO_BIN_EXE_kaspa_p2p_client"),
+            CLIENT,
+            vec![("LIBP2P_REMOTE_MULTIADDRS", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit/p2p/12D3KooWSMDFN5DeFADosuV7UEwjHWQv1ioLEUqgzjGjxYQzxFX6")],
+            vec![],
+            "LIBP2P_REMOTE_MULTIADDRS",
+        ),
+        // Empty is unset: the server needs a relay.
+        (SERVER, vec![("LIBP2P_RELAY_MULTIADDRS", "")], vec![], "LIBP2P_RELAY_MULTIADDRS"),
+        (
+            SERVER,
+            vec![],
+            vec!["--relay", "/ip4/127.0.0.1/tcp/x"],
+            "LIBP2P_RELAY_MULTIADDRS",
+        ),
+        (
+            CLIENT,
+            vec![("LIBP2P_REMOTE_PEER_ID", "not-a-peer-id")],
+            vec![],
             "LIBP2P_REMOTE_PEER_ID",
-            "not-a-peer-id",
         ),
         (
-            env!("CARGO_BIN_EXE_kaspa_p2p_client"),
-            "KASPA_NETWORK",
-            "moonnet",
+            CLIENT,
+            vec![],
+            vec!["--remote-peer-id", "not-a-peer-id"],
+            "LIBP2P_REMOTE_PEER_ID",
         ),
+        (
+            CLIENT,
+            vec![("LIBP2P_REMOTE_MULTIADDRS", "/ip4/127.0.0.1/tcp/1")],
+            vec![],
+            "LIBP2P_REMOTE_MULTIADDRS",
+        ),
+        (
+            CLIENT,
+            vec![("LIBP2P_REMOTE_MULTIADDRS", "garbage")],
+            vec![],
+            "LIBP2P_REMOTE_MULTIADDRS",
+        ),
+        (
+            CLIENT,
+            vec![("KASPA_NETWORK", "moonnet")],
+            vec![],
+            "KASPA_NETWORK",
+        ),
+        (
+            CLIENT,
+            vec![("DCUTR_ENABLED", "maybe")],
+            vec![],
+            "DCUTR_ENABLED",
+        ),
+        (
+            CLIENT,
+            vec![("ALLOW_RELAY_FALLBACK", "perhaps")],
+            vec![],
+            "ALLOW_RELAY_FALLBACK",
+        ),
+        (
+            CLIENT,
+            vec![("DIRECT_DEADLINE_SECS", "-1")],
+            vec![],
+            "DIRECT_DEADLINE_SECS",
+        ),
+        (
+            CLIENT,
+            vec![("SESSION_SECS", "long")],
+            vec![],
+            "SESSION_SECS",
+        ),
+        (CLIENT, vec![], vec!["--bogus"], "argv"),
     ];
-    for (binary, variable, value) in cases {
-        let output = Command::new(binary)
+    for (binary, env, args, variable) in cases {
+        let mut command = Command::new(binary);
+        command
             .env_clear()
-            .env(variable, value)
-            .env("LIBP2P_REMOTE_PEER_ID", if variable == "LIBP2P_REMOTE_PEER_ID" { value } else { "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN" })
-            .env("LIBP2P_REMOTE_MULTIADDRS", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit")
-            .output()
-            .expect("run");
+            .env("LIBP2P_REMOTE_PEER_ID", ID)
+            .env("LIBP2P_REMOTE_MULTIADDRS", &circuit)
+            .args(&args);
+        command.env(
+            "LIBP2P_RELAY_MULTIADDRS",
+            format!("/ip4/127.0.0.1/tcp/1/p2p/{ID}"),
+        );
+        for (key, value) in &env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("run");
         let stderr = String::from_utf8_lossy(&output.stderr);
+        let name = binary.rsplit('/').next().unwrap_or(binary);
         assert_eq!(
             output.status.code(),
             Some(2),
-            "{binary} {variable}: {stderr}"
+            "{name} {env:?} {args:?}: {stderr}"
         );
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(variable), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{name}: {stderr}");
+        assert!(
+            stderr.contains(variable),
+            "{name} {env:?} {args:?}: {stderr}"
+        );
+        assert!(
+            output.stdout.is_empty(),
+            "{name}: no JSON before the input is valid"
+        );
+    }
+}
+
+fn sigterm(node: &mut Node) -> (ExitStatus, Duration) {
+    let pid = node.child.id().to_string();
+    let began = Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = node.wait_exit();
+    (status, began.elapsed())
+}
+
+#[test]
+fn sigterm_logs_shutdown_and_exits_0_quickly() {
+    let mut lab = lab("sigterm", &[]);
+    // A client in the middle of a long session.
+    let mut client = client(&lab, "sigterm", &[("SESSION_SECS", "60".into())]);
+    client.wait_for("handshake", |e| e["event"] == "handshake_complete");
+    for node in [&mut client, &mut lab.server, &mut lab.relay] {
+        let (status, took) = sigterm(node);
+        assert_eq!(status.code(), Some(0), "{}", node.log.display());
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        let events = node.events();
+        let last = events.last().expect("events");
+        assert_eq!(last["event"], "shutdown");
+        assert_eq!(last["reason"], "signal");
+    }
+}
+
+#[test]
+fn server_started_before_the_relay_gets_its_reservation() {
+    let relay_port = free_port();
+    let relay_id = kaspa_lab_peers::identity::from_seed(RELAY_SEED)
+        .public()
+        .to_peer_id();
+    let relay_addr = format!("/ip4/127.0.0.1/tcp/{relay_port}/p2p/{relay_id}");
+    let server = spawn(
+        env!("CARGO_BIN_EXE_kaspa_p2p_server"),
+        "early-server.log",
+        &[
+            (
+                "LIBP2P_LISTEN_MULTIADDRS",
+                format!("/ip4/127.0.0.1/tcp/{}", free_port()),
+            ),
+            ("LIBP2P_RELAY_MULTIADDRS", relay_addr),
+            ("LIBP2P_IDENTITY_SEED", SERVER_SEED.into()),
+        ],
+    );
+    server.wait_for("failed reservation", |e| e["event"] == "reservation_failed");
+    let _relay = spawn(
+        env!("CARGO_BIN_EXE_kaspa_p2p_relay"),
+        "early-relay.log",
+        &[
+            (
+                "LIBP2P_LISTEN_MULTIADDRS",
+                format!("/ip4/127.0.0.1/tcp/{relay_port}"),
+            ),
+            ("LIBP2P_IDENTITY_SEED", RELAY_SEED.into()),
+        ],
+    );
+    let accepted = server.wait_for("reservation", |e| e["event"] == "reservation_accepted");
+    assert_eq!(accepted["relay_peer_id"], relay_id.to_string().as_str());
+}
+
+#[test]
+fn help_documents_every_variable_and_flag() {
+    for (binary, wanted) in [
+        (
+            env!("CARGO_BIN_EXE_kaspa_p2p_relay"),
+            &[
+                "LIBP2P_LISTEN_MULTIADDRS",
+                "LIBP2P_IDENTITY_SEED",
+                "--listen",
+            ][..],
+        ),
+        (
+            env!("CARGO_BIN_EXE_kaspa_p2p_server"),
+            &[
+                "LIBP2P_RELAY_MULTIADDRS",
+                "KASPA_NETWORK",
+                "DCUTR_ENABLED",
+                "--relay",
+            ][..],
+        ),
+        (
+            env!("CARGO_BIN_EXE_kaspa_p2p_client"),
+            &[
+                "LIBP2P_REMOTE_PEER_ID",
+                "LIBP2P_REMOTE_MULTIADDRS",
+                "ALLOW_RELAY_FALLBACK",
+                "--allow-relay-fallback",
+                "DIRECT_DEADLINE_SECS",
+                "SESSION_SECS",
+                "IDLE_TIMEOUT_SECS",
+            ][..],
+        ),
+    ] {
+        let output = Command::new(binary)
+            .arg("--help")
+            .env_clear()
+            .output()
+            .expect("run");
+        assert!(output.status.success());
+        let text = String::from_utf8_lossy(&output.stdout);
+        for word in wanted {
+            assert!(text.contains(word), "{binary} --help lacks {word}");
+        }
     }
 }

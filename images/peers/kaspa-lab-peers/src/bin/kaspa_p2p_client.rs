@@ -29,6 +29,8 @@ const BINARY: &str = "kaspa_p2p_client";
 const OBSERVE_GRACE: Duration = Duration::from_secs(5);
 /// No relayed connection to the server by then: the run has failed.
 const REACH_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a direct connection opened by the server's DCUtR dial waits for our own DCUtR result.
+const INBOUND_GRACE: Duration = Duration::from_secs(1);
 
 type StreamRequest = (ConnectionId, oneshot::Sender<Result<KaspaIo, String>>);
 
@@ -48,20 +50,46 @@ async fn main() {
             &LISTEN, &RELAYS, &REMOTE_PEER, &REMOTE_ADDRS, &SEED, &KEY_FILE, &NETWORK, &DCUTR, &FALLBACK,
             &DIRECT_DEADLINE, &SESSION, &PING_STREAMS, &IDLE,
         ],
+        "listen /ip4/0.0.0.0/tcp/4013, relays from the circuit addrs, network mainnet, DCUtR on,\n  no relay fallback, direct deadline 15 s, session 3 s, 0 extra ping streams, identity random,\n  idle timeout 300 s.",
     );
     let listen = or_exit(BINARY, source.multiaddrs(&LISTEN, "/ip4/0.0.0.0/tcp/4013"));
     let remote = or_exit(BINARY, source.peer_id(&REMOTE_PEER));
     let remote_addrs = or_exit(BINARY, source.required_multiaddrs(&REMOTE_ADDRS));
     for addr in &remote_addrs {
-        if !is_relayed(addr) {
+        let problem = if !is_relayed(addr) {
+            Some("is not a /p2p-circuit address")
+        } else if node::relay_part(addr)
+            .as_ref()
+            .and_then(node::last_peer)
+            .is_none()
+        {
+            Some("does not name its relay (/p2p/<relay id> before /p2p-circuit)")
+        } else {
+            match node::last_peer(addr) {
+                Some(peer) if peer != remote => {
+                    Some("ends in a peer id other than LIBP2P_REMOTE_PEER_ID")
+                }
+                _ => None,
+            }
+        };
+        if let Some(problem) = problem {
             node::bad_input(
                 BINARY,
                 &ConfigError {
                     variable: REMOTE_ADDRS.env,
-                    message: format!("{addr} is not a /p2p-circuit address"),
+                    message: format!("{addr} {problem}"),
                 },
             );
         }
+    }
+    if listen.iter().any(is_relayed) {
+        node::bad_input(
+            BINARY,
+            &ConfigError {
+                variable: LISTEN.env,
+                message: "the client listens on TCP addresses only (no /p2p-circuit)".into(),
+            },
+        );
     }
     let explicit_relays = or_exit(BINARY, source.multiaddrs(&RELAYS, ""));
     let relay_addrs: Vec<Multiaddr> = if explicit_relays.is_empty() {
@@ -85,14 +113,22 @@ async fn main() {
     let idle = or_exit(BINARY, source.seconds(&IDLE, 300.0));
     let key = or_exit(BINARY, identity::load(&source));
     let me = key.public().to_peer_id();
-    let mut swarm = match node::peer_swarm(key, dcutr, idle) {
+    let relay_list: Vec<Multiaddr> = relays.values().cloned().collect();
+    let mut swarm = match node::peer_swarm(key, dcutr, idle, &relay_list) {
         Ok(swarm) => swarm,
         Err(error) => node::shutdown(&format!("swarm: {error}"), 1),
     };
     node::log_peer_id(&me);
     emit(
         "config",
-        json!({ "network": network, "dcutr_enabled": dcutr, "allow_relay_fallback": fallback }),
+        json!({
+            "network": network,
+            "dcutr_enabled": dcutr,
+            "allow_relay_fallback": fallback,
+            "direct_deadline_secs": direct_deadline.as_secs_f64(),
+            "session_secs": plan.session.as_secs_f64(),
+            "remote_peer_id": remote.to_string(),
+        }),
     );
     node::listen_all(&mut swarm, BINARY, listen);
 
@@ -100,27 +136,47 @@ async fn main() {
     let (done_tx, mut done_rx) = mpsc::channel::<Result<(), String>>(1);
     let mut waiting: HashMap<ConnectionId, VecDeque<oneshot::Sender<Result<KaspaIo, String>>>> =
         HashMap::new();
-    let mut plan = Some(plan);
+    let mut run = Run {
+        plan: Some(plan),
+        relayed_conn: None,
+        session_conn: None,
+        open_tx,
+        done_tx,
+    };
 
     let mut dialed_relays = false;
     let mut dialed_remote = false;
-    let mut relayed_conn: Option<ConnectionId> = None;
-    let mut session_conn: Option<ConnectionId> = None;
+    // A direct connection the server's DCUtR dial opened towards us (inbound here), waiting for our own
+    // DCUtR result before we use it.
+    let mut inbound_direct: Option<ConnectionId> = None;
 
     let stop = node::termination();
     tokio::pin!(stop);
-    let observe = tokio::time::sleep(Duration::MAX / 4);
+    let never = || node::run_deadline(Duration::ZERO);
+    let observe = never();
     tokio::pin!(observe);
     let reach = tokio::time::sleep(REACH_DEADLINE + OBSERVE_GRACE);
     tokio::pin!(reach);
-    let direct = tokio::time::sleep(Duration::MAX / 4);
+    let direct = never();
     tokio::pin!(direct);
+    let reuse_grace = never();
+    tokio::pin!(reuse_grace);
+    let mut grace_armed = false;
+    let inbound_grace = never();
+    tokio::pin!(inbound_grace);
 
     let dial_remote = |swarm: &mut libp2p::Swarm<node::PeerBehaviour>, dialed: &mut bool| {
         if std::mem::replace(dialed, true) {
             return;
         }
         // One address at a time, in the order given.
+        emit(
+            "dialing",
+            json!({
+                "peer_id": remote.to_string(),
+                "addrs": remote_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+        );
         let opts = DialOpts::peer_id(remote)
             .addresses(remote_addrs.clone())
             .override_dial_concurrency_factor(NonZeroU8::MIN)
@@ -137,21 +193,35 @@ async fn main() {
     loop {
         tokio::select! {
             _ = &mut stop => node::shutdown("signal", 0),
+            _ = &mut reuse_grace, if grace_armed && !dialed_relays => {
+                dialed_relays = true;
+                emit("port_reuse_unavailable", json!({
+                    "reason": "no listen address of the relays' address family and scope: dialling them from an ephemeral port",
+                }));
+                node::dial_relays(&mut swarm, &relays, "relay_dial_failed");
+                observe.as_mut().reset(tokio::time::Instant::now() + OBSERVE_GRACE);
+            }
             _ = &mut observe, if !dialed_remote => {
                 dial_remote(&mut swarm, &mut dialed_remote);
             }
-            _ = &mut reach, if relayed_conn.is_none() && session_conn.is_none() => {
+            _ = &mut reach, if run.relayed_conn.is_none() && run.session_conn.is_none() => {
                 node::shutdown("no relayed connection to the server", 1);
             }
-            _ = &mut direct, if relayed_conn.is_some() && session_conn.is_none() => {
+            _ = &mut inbound_grace, if inbound_direct.is_some() && run.session_conn.is_none() => {
+                if let Some(conn) = inbound_direct.take() {
+                    run.adopt(&mut swarm, conn, "inbound");
+                }
+            }
+            _ = &mut direct, if run.relayed_conn.is_some() && run.session_conn.is_none() => {
+                if let Some(conn) = inbound_direct.take() {
+                    run.adopt(&mut swarm, conn, "inbound");
+                    continue;
+                }
                 let reason = format!("no direct connection within {:.1}s of the relayed one", direct_deadline.as_secs_f64());
-                match (fallback, relayed_conn) {
+                match (fallback, run.relayed_conn) {
                     (true, Some(conn)) => {
-                        emit("relay_fallback", json!({ "reason": reason }));
-                        session_conn = Some(conn);
-                        if let Some(plan) = plan.take() {
-                            tokio::spawn(run_session(plan, conn, open_tx.clone(), done_tx.clone()));
-                        }
+                        emit("relay_fallback", json!({ "reason": reason, "connection_id": streams::connection_number(conn) }));
+                        run.start(conn);
                     }
                     _ => node::shutdown(&reason, 1),
                 }
@@ -175,12 +245,11 @@ async fn main() {
                     emit("listening", json!({ "addr": address.to_string(), "peer_id": me.to_string() }));
                     if !dialed_relays && relays.values().any(|r| node::reuses_port_towards(&address, r)) {
                         dialed_relays = true;
-                        for addr in relays.values() {
-                            if let Err(error) = swarm.dial(addr.clone()) {
-                                emit("relay_dial_failed", json!({ "relay_addr": addr.to_string(), "reason": error.to_string() }));
-                            }
-                        }
+                        node::dial_relays(&mut swarm, &relays, "relay_dial_failed");
                         observe.as_mut().reset(tokio::time::Instant::now() + OBSERVE_GRACE);
+                    } else if !grace_armed {
+                        grace_armed = true;
+                        reuse_grace.as_mut().reset(tokio::time::Instant::now() + node::PORT_REUSE_GRACE);
                     }
                 }
                 SwarmEvent::NewExternalAddrCandidate { address } => {
@@ -190,10 +259,24 @@ async fn main() {
                     emit("external_addr_confirmed", json!({ "addr": address.to_string() }));
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                    node::log_connection(&peer_id, connection_id, &endpoint);
-                    if peer_id == remote && is_relayed(endpoint.get_remote_address()) && relayed_conn.is_none() {
-                        relayed_conn = Some(connection_id);
-                        direct.as_mut().reset(tokio::time::Instant::now() + direct_deadline);
+                    node::log_connection(&peer_id, connection_id, &endpoint, relays.contains_key(&peer_id));
+                    if peer_id != remote {
+                        continue;
+                    }
+                    let relayed = swarm.behaviour().kaspa.connection(connection_id).is_none_or(|c| c.relayed);
+                    if endpoint.is_relayed() {
+                        if run.relayed_conn.is_none() && run.session_conn.is_none() {
+                            run.relayed_conn = Some(connection_id);
+                            direct.as_mut().reset(tokio::time::Instant::now() + direct_deadline);
+                        }
+                    } else if !relayed && dcutr && !endpoint.is_dialer() && run.relayed_conn.is_some()
+                        && run.session_conn.is_none() && inbound_direct.is_none()
+                    {
+                        // The server's hole-punch dial arrived here. Our own DCUtR dial may still succeed (then
+                        // its connection is used, so the DCUtR event and the handshake name one connection);
+                        // if it does not within a moment, this one is as direct and is used instead.
+                        inbound_direct = Some(connection_id);
+                        inbound_grace.as_mut().reset(tokio::time::Instant::now() + INBOUND_GRACE);
                     }
                 }
                 SwarmEvent::ConnectionClosed { peer_id, connection_id, endpoint, cause, .. } => {
@@ -203,14 +286,17 @@ async fn main() {
                             let _ = reply.send(Err(format!("connection {connection_id} closed")));
                         }
                     }
-                    if session_conn == Some(connection_id) {
+                    if run.session_conn == Some(connection_id) {
                         node::shutdown("the session's connection closed", 1);
                     }
-                    if relayed_conn == Some(connection_id) && session_conn.is_none() {
-                        relayed_conn = None;
+                    if inbound_direct == Some(connection_id) {
+                        inbound_direct = None;
+                    }
+                    if run.relayed_conn == Some(connection_id) && run.session_conn.is_none() {
+                        run.relayed_conn = None;
                     }
                 }
-                SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } if peer == remote && relayed_conn.is_none() && session_conn.is_none() => {
+                SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } if peer == remote && run.relayed_conn.is_none() && run.session_conn.is_none() => {
                     emit("dial_failed", json!({ "peer_id": peer.to_string(), "reason": error.to_string() }));
                     node::shutdown("could not reach the server through the relay", 1);
                 }
@@ -227,15 +313,9 @@ async fn main() {
                     node::log_dcutr(&event, remote_addr.as_ref());
                     if let Ok(conn) = event.result {
                         let direct_ok = swarm.behaviour().kaspa.connection(conn).is_some_and(|c| !c.relayed);
-                        if event.remote_peer_id == remote && direct_ok && session_conn.is_none() {
-                            session_conn = Some(conn);
-                            // The relay only introduced us: stop using it, so nothing Kaspa crosses it.
-                            if let Some(relayed) = relayed_conn.take() {
-                                swarm.close_connection(relayed);
-                            }
-                            if let Some(plan) = plan.take() {
-                                tokio::spawn(run_session(plan, conn, open_tx.clone(), done_tx.clone()));
-                            }
+                        if event.remote_peer_id == remote && direct_ok && run.session_conn.is_none() {
+                            inbound_direct = None;
+                            run.adopt(&mut swarm, conn, "dcutr");
                         }
                     }
                 }
@@ -255,6 +335,60 @@ async fn main() {
                 _ => {}
             }
         }
+    }
+}
+
+/// Which connection the session runs on, and what it needs to start.
+struct Run {
+    plan: Option<Plan>,
+    relayed_conn: Option<ConnectionId>,
+    session_conn: Option<ConnectionId>,
+    open_tx: mpsc::Sender<StreamRequest>,
+    done_tx: mpsc::Sender<Result<(), String>>,
+}
+
+impl Run {
+    /// Starts the handshake and session on `conn` (once).
+    fn start(&mut self, conn: ConnectionId) {
+        self.session_conn = Some(conn);
+        if let Some(plan) = self.plan.take() {
+            tokio::spawn(run_session(
+                plan,
+                conn,
+                self.open_tx.clone(),
+                self.done_tx.clone(),
+            ));
+        }
+    }
+
+    /// Uses the direct connection `conn` for the session and closes the relayed one, so no Kaspa byte
+    /// crosses the relay. `source`: `dcutr` (our DCUtR dial) or `inbound` (the server's DCUtR dial).
+    fn adopt(
+        &mut self,
+        swarm: &mut libp2p::Swarm<node::PeerBehaviour>,
+        conn: ConnectionId,
+        source: &str,
+    ) {
+        let Some(info) = swarm.behaviour().kaspa.connection(conn).cloned() else {
+            return;
+        };
+        if info.relayed || self.session_conn.is_some() {
+            return;
+        }
+        emit(
+            "direct_connection",
+            json!({
+                "peer_id": info.peer_id.to_string(),
+                "connection_id": info.connection_number(),
+                "remote_addr": info.remote_addr.to_string(),
+                "relayed": false,
+                "source": source,
+            }),
+        );
+        if let Some(relayed) = self.relayed_conn.take() {
+            swarm.close_connection(relayed);
+        }
+        self.start(conn);
     }
 }
 

@@ -19,6 +19,7 @@ async fn main() {
         BINARY,
         "public libp2p circuit-relay-v2 relay for private Kaspa peers",
         &[&LISTEN, &SEED, &KEY_FILE, &IDLE, &RUN_FOR],
+        "listen /ip4/0.0.0.0/tcp/4011, identity random, idle timeout 300 s, run until signalled.",
     );
     let listen = or_exit(BINARY, source.multiaddrs(&LISTEN, "/ip4/0.0.0.0/tcp/4011"));
     let idle = or_exit(BINARY, source.seconds(&IDLE, 300.0));
@@ -46,7 +47,7 @@ async fn main() {
                     emit("listening", json!({ "addr": address.to_string(), "peer_id": peer_id.to_string() }));
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                    node::log_connection(&peer_id, connection_id, &endpoint);
+                    node::log_connection(&peer_id, connection_id, &endpoint, false);
                 }
                 SwarmEvent::ConnectionClosed { peer_id, connection_id, endpoint, cause, .. } => {
                     node::log_connection_closed(&peer_id, connection_id, &endpoint, cause.map(|c| c.to_string()));
