@@ -411,12 +411,11 @@ class _Run:
         self.collected = False
         self.mono_start = clock.monotonic()
         self.wall_start = clock.wall()
-        backend_name = type(backend).__name__.removesuffix("Backend").lower() or "backend"
         self.result = ScenarioResult(
             runbook=runbook.name,
             scenario_id=scenario.id,
-            run_id=getattr(backend, "run_id", "run"),
-            backend=backend_name,
+            run_id=backend.run_id,
+            backend=backend.name,
             report_dir=report_dir,
             expected=scenario.expect,
             started_at=self.wall_start,
@@ -442,12 +441,12 @@ class _Run:
         self.backend.provision(self.topology)
         self.result.timings["setup"] = self.now() - began
         addresses = dict(self.backend.addresses())
-        hints = getattr(self.backend, "sanitise_hints", None) or {}
+        hints = self.backend.sanitise_hints()
         self.sanitiser = Sanitiser.from_addresses(
             addresses,
             aliases=self.runbook.sanitise.aliases,
-            hostnames=hints.get("hostnames", ()),
-            users=hints.get("users", ()),
+            hostnames=hints.hostnames,
+            users=hints.users,
             hash_peer_ids=self.runbook.sanitise.hash_peer_ids,
         )
         for name in self.topology.nodes:
@@ -844,12 +843,10 @@ def _environment(backend: Backend, runbook: Runbook, scenario: Scenario) -> dict
         "scenario": scenario.id,
         "suts": sorted({node.sut for node in runbook.nodes.values()}),
     }
-    describe = getattr(backend, "describe", None)
-    if callable(describe):
-        try:
-            info.update(describe())  # versions, image ids: whatever the backend knows
-        except Exception as error:
-            info["backend_error"] = str(error)
+    try:
+        info.update(backend.describe())  # versions, image ids: whatever the backend knows
+    except Exception as error:
+        info["backend_error"] = str(error)
     return info
 
 

@@ -1,15 +1,16 @@
 """Turn termination signals into KeyboardInterrupt, so every `finally:` and fixture teardown runs.
 
 Python's default SIGTERM kills the interpreter on the spot: containers would outlive a CI job that is
-cancelled. SIGINT already raises KeyboardInterrupt. The atexit hook is the last net for labs a caller
-forgot to close.
+cancelled. SIGINT already raises KeyboardInterrupt. `harness.cleanup` closes, at interpreter exit, whatever
+a caller forgot to close.
 """
 
 from __future__ import annotations
 
-import atexit
 import signal
 from types import FrameType
+
+import harness.cleanup  # noqa: F401  (registers its interpreter-exit net)
 
 _installed = False
 
@@ -27,10 +28,3 @@ def install_cleanup_handlers() -> None:
     _installed = True
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
-
-    def _close_open_labs() -> None:
-        from harness.backends.docker import close_all
-
-        close_all()
-
-    atexit.register(_close_open_labs)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.backends.base import ExecResult, NodeAddresses
+from harness.backends.base import ExecResult, NodeAddresses, SanitiseHints
 from harness.models import Topology
 from harness.runbook import Clock
 
@@ -210,6 +210,7 @@ class FakeBackend:
     conntrack: Mapping[str, str] = field(default_factory=lambda: dict(CONNTRACK))
     addresses_: Mapping[str, NodeAddresses] = field(default_factory=lambda: dict(ADDRESSES))
     run_id: str = "fake0001"
+    name: str = "fake"
     starts: dict[str, list[tuple[float, list[str], dict[str, str]]]] = field(default_factory=dict)
     stopped: dict[str, float] = field(default_factory=dict)
     execs: list[tuple[str, list[str]]] = field(default_factory=list)
@@ -222,6 +223,12 @@ class FakeBackend:
 
     def addresses(self) -> Mapping[str, NodeAddresses]:
         return dict(self.addresses_)
+
+    def sanitise_hints(self) -> SanitiseHints:
+        return SanitiseHints()
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": "fake"}
 
     def routers(self) -> Sequence[str]:
         return [name for name in ("server-router", "client-router") if name.split("-")[0] in self.addresses_]

@@ -315,9 +315,9 @@ def test_sanitise_hints_and_describe_name_no_address(tmp_path):
     backend._nodes = {n: None for n in ("relay", "server", "client")}  # as after provision()
     backend._routers = {"server-router": "home-router"}
     backend._hostnames = {"relay", "ip-10-0-0-5", "Server-Router"}
-    hints = backend.sanitise_hints
-    assert hints["users"] == ["dcutr", "root"]
-    assert set(hints["hostnames"]) == {"relay-vm", "home-pc", "home-router", "client-vps", "client.example.net"} | {
+    hints = backend.sanitise_hints()
+    assert hints.users == ("dcutr", "root")
+    assert set(hints.hostnames) == {"relay-vm", "home-pc", "home-router", "client-vps", "client.example.net"} | {
         "ip-10-0-0-5"
     }
     described = str(backend.describe())

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from harness.models import Topology
 
@@ -37,8 +37,23 @@ class NodeAddresses:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SanitiseHints:
+    """What a backend knows that must not reach a report besides addresses: host names and login users."""
+
+    hostnames: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+
+
 class Backend(Protocol):
+    name: str  # "docker", "ssh": how reports name where a run ran
     run_id: str
+
+    def describe(self) -> dict[str, Any]:
+        """For the report's environment: versions, image tags, settings. No address, host name or user."""
+
+    def sanitise_hints(self) -> SanitiseHints:
+        """Host names and users the sanitiser must replace; known after provision()."""
 
     def provision(self, topology: Topology) -> None:
         """Create networks, routers and node hosts (not the node processes). Fails whole or not at all."""

@@ -25,15 +25,14 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
-import json
 import logging
 import os
 import subprocess
 import tarfile
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # Ryuk (testcontainers' reaper) needs an image pulled from a registry, which this lab never has.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -43,8 +42,10 @@ import docker.errors
 from docker.types import EndpointConfig
 from testcontainers.core.container import DockerContainer
 
+from harness import cleanup
 from harness import labels as lab_labels
-from harness.backends.base import ExecResult, NodeAddresses
+from harness.backends.artefacts import write_addresses, write_conntrack
+from harness.backends.base import ExecResult, NodeAddresses, SanitiseHints
 from harness.backends.subnets import NetworkKind, candidates, host_routes, nth_host
 from harness.errors import BadInput, LabError, SetupError
 from harness.models import Role, Topology
@@ -66,10 +67,6 @@ WIRE_IF = "w0"  # a wire container's port towards its router (its other port, et
 # router's eth0 sits on transit itself). Real links have tens of ms; see DockerLab.router.
 DEFAULT_WAN_DELAY_MS = 20.0
 WAN_DELAY_ENV = "DCUTR_LAB_WAN_DELAY_MS"
-
-# The run ids of labs still open in this process, for the signal/atexit safety net of `close_all()`.
-_OPEN_LABS: dict[str, DockerLab] = {}
-_OPEN_LOCK = threading.Lock()
 
 
 def default_wan_delay_ms() -> float:
@@ -190,8 +187,7 @@ class DockerLab:
         self._transit: LabNetwork | None = None
         self._lan_index = 0
         self._closed = False
-        with _OPEN_LOCK:
-            _OPEN_LABS[self.run_id] = self
+        cleanup.register(self)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -211,8 +207,7 @@ class DockerLab:
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 self.client.networks.get(network.docker_id).remove()
         sweep(self.client, run_id=self.run_id)
-        with _OPEN_LOCK:
-            _OPEN_LABS.pop(self.run_id, None)
+        cleanup.unregister(self)
 
     def _remove_container(self, name: str) -> None:
         container = self._containers.pop(name, None)
@@ -599,17 +594,10 @@ def sweep(client: docker.DockerClient | None = None, *, run_id: str | None = Non
     return removed_containers, removed_networks
 
 
-def close_all() -> None:
-    """Close every lab this process still has open: the safety net for signals and interpreter exit."""
-    with _OPEN_LOCK:
-        labs = list(_OPEN_LABS.values())
-    for lab in labs:
-        with contextlib.suppress(Exception):
-            lab.close()
-
-
 class DockerBackend:
     """The runbook engine's view of a DockerLab (see harness.backends.base.Backend)."""
+
+    name = "docker"
 
     def __init__(
         self,
@@ -685,6 +673,12 @@ class DockerBackend:
 
     def addresses(self) -> Mapping[str, NodeAddresses]:
         return dict(self._addresses)
+
+    def sanitise_hints(self) -> SanitiseHints:
+        return SanitiseHints()  # the lab names its own containers; only addresses are real
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "docker", "wan_delay_ms": self.wan_delay_ms}
 
     def routers(self) -> Sequence[str]:
         return [router.name for node in self._nodes.values() for router in node.routers]
@@ -765,23 +759,13 @@ class DockerBackend:
             path.write_text("".join(line + "\n" for line in lines))
             written.append(path)
         for router in self.routers():
-            path = dest / f"{router}.conntrack"
             events = self.lab.exec(router, ["cat", CONNTRACK_EVENTS], timeout=10)
             table = self.lab.exec(router, ["conntrack", "-L", "-p", "tcp"], timeout=10)
-            # Events first (every state the router's kernel went through), then the table as it is now.
-            path.write_text(
-                "# conntrack -E -p tcp (events during the run)\n"
-                + (events.output if events.exit_code == 0 else "")
-                + "# conntrack -L -p tcp (table at collection)\n"
-                + table.output
-            )
-            written.append(path)
+            written.append(write_conntrack(dest, router, events.output if events.exit_code == 0 else "", table.output))
             ruleset = dest / f"{router}.nft"
             ruleset.write_text(self.lab.exec(router, ["nft", "list", "ruleset"], timeout=10).output)
             written.append(ruleset)
-        (dest / "addresses.json").write_text(
-            json.dumps({n: a.__dict__ | {"extra": dict(a.extra)} for n, a in self._addresses.items()}, indent=2)
-        )
+        write_addresses(dest, self._addresses)
         return written
 
     def close(self) -> None:

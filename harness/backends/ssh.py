@@ -28,18 +28,15 @@ texts reach the report before the sanitiser exists.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import hashlib
 import ipaddress
-import json
 import logging
 import os
 import re
 import shlex
 import socket
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +45,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from harness.backends.base import ExecResult, NodeAddresses
+from harness import cleanup
+from harness.backends.artefacts import conntrack_text, write_addresses
+from harness.backends.base import ExecResult, NodeAddresses, SanitiseHints
 from harness.errors import BadInput, LabError, SetupError
 from harness.models import Role, Topology, nat_profile_names
 from harness.yamlsource import YamlSource, display_path, load_yaml
@@ -389,19 +388,6 @@ def env_file(env: Mapping[str, str]) -> str:
 # the backend
 # ---------------------------------------------------------------------------------------------------------
 
-_OPEN: dict[int, SshBackend] = {}
-_OPEN_LOCK = threading.Lock()
-
-
-@atexit.register
-def close_all() -> None:
-    """The last net: close every SSH backend this process still has open (remote processes die with it)."""
-    with _OPEN_LOCK:
-        backends = list(_OPEN.values())
-    for backend in backends:
-        with contextlib.suppress(Exception):
-            backend.close()
-
 
 @dataclass
 class _Remote:
@@ -449,6 +435,8 @@ class _AcceptNew:
 class SshBackend:
     """Runbook nodes on inventory hosts over SSH (see harness.backends.base.Backend and the module doc)."""
 
+    name = "ssh"
+
     def __init__(
         self,
         run_id: str,
@@ -473,13 +461,11 @@ class SshBackend:
         self._relay_ip: str | None = None
         self._hostnames: set[str] = set()
         self._closed = False
-        with _OPEN_LOCK:
-            _OPEN[id(self)] = self
+        cleanup.register(self)
 
     # -- what the engine reads besides the protocol ------------------------------------------------------
 
-    @property
-    def sanitise_hints(self) -> dict[str, list[str]]:
+    def sanitise_hints(self) -> SanitiseHints:
         """Inventory host names and users, for the sanitiser. Names a log uses as words (node names, roles,
         `<node>-router`) are left out: replacing them would break the checkpoints."""
         reserved = {*HOST_ROLES, "localhost", *self._nodes, *self._routers}
@@ -490,7 +476,7 @@ class SshBackend:
                 names.add(host.ansible_host)
         hostnames = sorted(n for n in names if n and n.lower() not in reserved and not _is_ip(n))
         users = sorted({h.ansible_user for h in self.inventory.hosts.values() if h.ansible_user})
-        return {"hostnames": hostnames, "users": users}
+        return SanitiseHints(hostnames=tuple(hostnames), users=tuple(users))
 
     def describe(self) -> dict[str, Any]:
         """For the report's environment: no address, host name or user (this is not sanitised)."""
@@ -1015,12 +1001,7 @@ class SshBackend:
             sudo=True,
             timeout=30,
         )
-        return (
-            "# conntrack -E -p tcp (events during the run)\n"
-            + (events.output if events.exit_code == 0 else "")
-            + "# conntrack -L -p tcp (table at collection)\n"
-            + table.output
-        )
+        return conntrack_text(events.output if events.exit_code == 0 else "", table.output)
 
     # -- artefacts and cleanup -------------------------------------------------------------------------------
 
@@ -1047,9 +1028,7 @@ class SshBackend:
                     written.append(dest / f"{router}.nft")
             except Exception as error:
                 problems.append(f"{router}.conntrack: {type(error).__name__}")
-        (dest / "addresses.json").write_text(
-            json.dumps({n: a.__dict__ | {"extra": dict(a.extra)} for n, a in self._addresses.items()}, indent=2)
-        )
+        write_addresses(dest, self._addresses)
         if problems:
             raise LabError(f"could not collect {', '.join(problems)}")
         return written
@@ -1075,8 +1054,7 @@ class SshBackend:
             with contextlib.suppress(Exception):
                 self._remotes[alias].connection.close()
         self._remotes.clear()
-        with _OPEN_LOCK:
-            _OPEN.pop(id(self), None)
+        cleanup.unregister(self)
 
     def __enter__(self) -> SshBackend:
         return self
@@ -1144,7 +1122,6 @@ __all__ = [
     "InventoryHost",
     "SshBackend",
     "cleanup_script",
-    "close_all",
     "env_file",
     "load_inventory",
     "start_script",
