@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from harness.cli.console import console
+from harness.console import console
 from harness.errors import LabError
 
 REPO = Path(__file__).resolve().parent.parent

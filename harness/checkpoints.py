@@ -6,10 +6,8 @@ carries or the time the engine saw it). A checkpoint of the node's SUT is a `Pat
 
 - node facts: the SUT's `facts` patterns (a peer id) are learnt from any line of the node; a checkpoint that
   `needs` them is met once they are known, and carries them;
-- chains: `evaluate_chain()` walks an ordered list of checkpoints. Each must be met after the previous one (a
-  later line on the same node; across nodes not earlier than the previous one, minus a clock-skew tolerance, when
-  both lines have a time), and its `where` equalities (templates over the facts met so far) must hold. It stops
-  at the first one missed, with the reason and the nearest lines that explain it.
+- `find()`: the first line after a given one that meets a checkpoint with expected fact values, or a `Miss`
+  that explains itself. Ordered chains over several logs are `harness.chains`.
 
 Matching works the same while logs are still being written (`find()` on what arrived so far, used by `wait`)
 and after the fact (`dcutr-lab verify`).
@@ -19,14 +17,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from harness.models import ChainItem, CheckpointDef, FactValue, Pattern, Role, Sut
-from harness.sut import CONNTRACK, find_checkpoint
-from harness.templating import TemplateError, render
+from harness.models import CheckpointDef, FactValue, Pattern, Role, Sut
+from harness.sut import find_checkpoint
 
 _TIMESTAMP = re.compile(r"^\s*\[?(?P<ts>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)")
 _COMPILED: dict[str, re.Pattern[str]] = {}
@@ -51,7 +48,7 @@ def parse_timestamp(text: str | None) -> float | None:
     value = text.strip().replace(",", ".").replace(" ", "T", 1)
     if value.endswith("Z"):
         value = value[:-1] + "+00:00"
-    # Python < 3.11 would need this; fromisoformat takes up to 6 fraction digits, trim nanoseconds.
+    # fromisoformat takes up to 6 fraction digits; the reference peers print nanoseconds.
     value = re.sub(r"(\.\d{6})\d+", r"\1", value)
     try:
         parsed = datetime.fromisoformat(value)
@@ -250,10 +247,6 @@ def node_facts(log: NodeLog, near_line: int | None = None, since: int = 0) -> di
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _expected(where: Mapping[str, FactValue], namespace: Mapping[str, Any]) -> dict[str, str]:
-    return {key: render(value, namespace) if isinstance(value, str) else norm(value) for key, value in where.items()}
-
-
 def find(
     log: NodeLog,
     checkpoint: str,
@@ -373,126 +366,3 @@ def _hint_evidence(log: NodeLog, definition: CheckpointDef, after_line: int) -> 
                 evidence.append(Evidence(log.file, line.number, line.text, note=f"hint: {hint}"))
                 break
     return evidence[:3]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# chains
-# ---------------------------------------------------------------------------------------------------------
-
-ConntrackCheck = Any  # callable(endpoints: list[str]) -> Hit | Miss | Skip, see harness.conntrack
-
-
-def split_ref(ref: str) -> tuple[str, str]:
-    node, _, checkpoint = ref.partition(".")
-    return node, checkpoint
-
-
-def bind(namespace: dict[str, dict[str, Any]], hit: Hit) -> None:
-    """Facts of a hit become `node.fact` (latest wins) and `node.checkpoint.fact`."""
-    facts = namespace.setdefault(hit.node, {})
-    facts.update({k: v for k, v in (hit.facts if hit.flat is None else hit.flat).items() if k not in ADDRESS_FACTS})
-    facts[hit.checkpoint] = dict(hit.facts)
-
-
-def ambient_namespace(logs: Mapping[str, NodeLog], base: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
-    """The namespace a chain starts from: addresses (`relay.public_ip`...) and every node's `facts`."""
-    namespace: dict[str, dict[str, Any]] = {node: dict(values) for node, values in (base or {}).items()}
-    for node, log in logs.items():
-        for name, (value, _line) in node_facts(log).items():
-            namespace.setdefault(node, {}).setdefault(name, value)
-    return namespace
-
-
-def evaluate_chain(
-    chain: Sequence[ChainItem],
-    logs: Mapping[str, NodeLog],
-    *,
-    base: Mapping[str, Mapping[str, Any]] | None = None,
-    conntrack: ConntrackCheck | None = None,
-    clock_skew: float = 2.0,
-) -> ChainResult:
-    """Walk `chain` in order over `logs`; stop at the first checkpoint missed."""
-    namespace = ambient_namespace(logs, base)
-    result = ChainResult(items=[], namespace=namespace)
-    last_line: dict[str, int] = {}
-    last_time: float | None = None
-    for index, item in enumerate(chain):
-        outcome = _evaluate_item(item, logs, namespace, last_line, last_time, clock_skew, conntrack)
-        result.items.append(outcome)
-        if isinstance(outcome, Miss):
-            result.not_reached = [later.label for later in chain[index + 1 :]]
-            break
-        if isinstance(outcome, Hit):
-            if outcome.node in logs:
-                last_line[outcome.node] = outcome.line
-            if outcome.time is not None:
-                last_time = outcome.time if last_time is None else max(last_time, outcome.time)
-            bind(namespace, outcome)
-    return result
-
-
-def _evaluate_item(
-    item: ChainItem,
-    logs: Mapping[str, NodeLog],
-    namespace: dict[str, dict[str, Any]],
-    last_line: Mapping[str, int],
-    last_time: float | None,
-    clock_skew: float,
-    conntrack: ConntrackCheck | None,
-) -> Hit | Miss | Skip:
-    hits: list[Hit] = []
-    misses: list[Miss] = []
-    skips: list[Skip] = []
-    for alternative in item.alternatives():
-        assert alternative.checkpoint is not None
-        node, checkpoint = split_ref(alternative.checkpoint)
-        if node == CONNTRACK:
-            if conntrack is None:
-                skips.append(Skip(alternative.checkpoint, "no conntrack tables collected"))
-                continue
-            try:
-                endpoints = [render(e, namespace) for e in alternative.endpoints]
-            except TemplateError as error:
-                misses.append(Miss(alternative.checkpoint, f"cannot name the endpoints: {error}"))
-                continue
-            outcome = conntrack(endpoints)
-        elif node not in logs:
-            misses.append(Miss(alternative.checkpoint, f"no log for node {node!r}"))
-            continue
-        else:
-            log = logs[node]
-            if alternative.optional and find_checkpoint(log.sut, checkpoint, log.role) is None:
-                skips.append(Skip(alternative.checkpoint, f"SUT {log.sut.name!r} does not define it"))
-                continue
-            try:
-                expected = _expected(alternative.where, namespace)
-            except TemplateError as error:
-                misses.append(Miss(alternative.checkpoint, f"cannot evaluate its facts: {error}"))
-                continue
-            not_before = None if last_time is None else last_time - clock_skew
-            outcome = find(
-                log,
-                checkpoint,
-                expected=expected,
-                after_line=last_line.get(node, 0),
-                not_before=not_before,
-                count=alternative.count,
-            )
-        if isinstance(outcome, Hit):
-            hits.append(outcome)
-        elif isinstance(outcome, Miss):
-            misses.append(outcome)
-        else:
-            skips.append(outcome)
-    if hits:
-        # Alternatives race: the one that happened first is the one that counts.
-        return min(hits, key=lambda h: (h.time is None, h.time or 0.0, h.line))
-    if misses:
-        if len(misses) == 1:
-            return misses[0]
-        return Miss(
-            item.label,
-            "none of: " + "; ".join(f"{m.name}: {m.reason}" for m in misses),
-            [e for m in misses for e in m.evidence][:4],
-        )
-    return skips[0] if len(skips) == 1 else Skip(item.label, "; ".join(s.reason for s in skips))

@@ -2,7 +2,7 @@
 
 The CLI maps them to one line on stderr; tracebacks only with --debug.
 Exit codes: 0 verdict as expected, 1 verdict not as expected, 2 bad input,
-3 broken setup (Docker, mmdebstrap, root), 4 timeout.
+3 broken setup (Docker, mmdebstrap, root).
 """
 
 from __future__ import annotations
@@ -24,9 +24,3 @@ class SetupError(LabError):
     """The machine cannot run the lab: no Docker daemon, no mmdebstrap, not root, a build step failed."""
 
     exit_code = 3
-
-
-class LabTimeout(LabError):
-    """A wait ran past its deadline."""
-
-    exit_code = 4

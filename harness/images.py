@@ -436,10 +436,6 @@ def ensure_image(kind: str, *, progress: ProgressFn | None = None, force: bool =
     return tag
 
 
-def ensure_images(kinds: Sequence[str] = ("base", "router", "peer"), **kwargs) -> dict[str, str]:
-    return {kind: ensure_image(kind, **kwargs) for kind in kinds}
-
-
 def current_tags() -> dict[str, str]:
     """The tags the current inputs give, without building anything (peer only when its binaries exist)."""
     tags = {"base": tag_for("base", base_inputs_digest())}
@@ -472,6 +468,22 @@ def prune_images() -> tuple[list[str], list[str]]:
     return removed, busy
 
 
-def image_size(tag: str) -> int:
-    """Size in bytes of a local image (for reports and `images list`)."""
-    return int(_docker().images.get(tag).attrs.get("Size", 0))
+@dataclass(frozen=True)
+class LocalImage:
+    kind: str
+    tag: str
+    size: int  # bytes
+    created: str  # ISO 8601, seconds
+
+
+def local_images() -> list[LocalImage]:
+    """The lab's images present locally, newest first."""
+    found = []
+    for image in _docker().images.list(filters={"label": LABEL_IMAGE}):
+        for tag in image.tags:
+            if tag.startswith(f"{REPOSITORY}/"):
+                created = str(image.attrs.get("Created", ""))[:19]
+                found.append(
+                    LocalImage(image.labels.get(LABEL_IMAGE, "?"), tag, int(image.attrs.get("Size", 0)), created)
+                )
+    return sorted(found, key=lambda i: i.created, reverse=True)

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from harness.models import Runbook, matrix_scenario_id
+from harness.runbook.model import Runbook, matrix_scenario_id
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""Pydantic models of every file format the lab reads.
+"""The lab's shared vocabulary as pydantic models: roles, topologies, SUT definitions, chains, verdicts.
 
-Every model forbids unknown keys, so a typo in a runbook or an inventory is an error naming the field
-instead of a silently ignored setting. Cross-file checks (a checkpoint the SUT defines, a template variable an
-earlier step provides) live in `harness.runbook.validate_runbook`, which has the SUT definitions at hand.
+Every model forbids unknown keys, so a typo in a runbook, a SUT file or an inventory is an error naming the
+field instead of a silently ignored setting. The runbook file's own models are in `harness.runbook.model`, its
+steps in `harness.steps`, the inventory's in `harness.backends.ssh`. Cross-file checks (a checkpoint the SUT
+defines, a template variable an earlier step provides) live in `harness.runbook.load`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
-
-from harness.durations import Seconds
 
 
 class Strict(BaseModel):
@@ -26,27 +25,11 @@ class Role(StrEnum):
     client = "client"
 
 
-# The profile names of harness.nat.profiles, for when that module cannot be imported (a machine without the NAT
-# engine's dependencies still validates runbooks).
-FALLBACK_NAT_PROFILES = (
-    "none",
-    "full-cone",
-    "restricted-cone",
-    "port-restricted",
-    "symmetric",
-    "openwrt-fw4",
-    "openwrt-fw4-fullcone",
-    "cgnat",
-)
-
-
 def nat_profile_names() -> tuple[str, ...]:
-    """The NAT profile names runbooks may use: harness.nat.profiles.PRESETS when present."""
-    try:
-        from harness.nat.profiles import PRESETS  # type: ignore[import-not-found]
-    except Exception:  # not written yet, or its imports fail: the fixed list is the contract
-        return FALLBACK_NAT_PROFILES
-    return tuple(str(getattr(name, "value", name)) for name in PRESETS)
+    """The NAT profile names runbooks may use (harness.nat.profiles)."""
+    from harness.nat.profiles import profile_names
+
+    return profile_names()
 
 
 class Node(Strict):
@@ -61,9 +44,6 @@ class Topology(Strict):
     """Nodes by name. The relay is public; every other node sits behind its own router(s)."""
 
     nodes: dict[str, Node]
-
-    def by_role(self, role: Role) -> list[str]:
-        return [name for name, node in self.nodes.items() if node.role == role]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,6 +114,17 @@ class SutExpect(Strict):
     relayed: Chain = Field(default_factory=list)
 
 
+class Phase(Strict):
+    """A timing in the report: from the earliest hit of `start` to the latest hit of `end` in the direct chain.
+
+    Both are checkpoint names (`dcutr_direct`) or node-qualified ones (`client.dcutr_direct`).
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    start: str
+    end: str
+
+
 class Sut(Strict):
     name: str
     description: str = ""
@@ -142,6 +133,7 @@ class Sut(Strict):
     facts: dict[str, Pattern] = Field(default_factory=dict, description="node facts learnt from any line")
     checkpoints: dict[str, CheckpointDef]
     expect: SutExpect | None = None
+    phases: list[Phase] = Field(default_factory=list, description="the timings a report shows for this SUT")
 
     @field_validator("checkpoints", "facts")
     @classmethod
@@ -160,11 +152,15 @@ class Sut(Strict):
             for hint in checkpoint.hints:
                 if hint not in self.checkpoints:
                     raise ValueError(f"checkpoint {name!r} hints at unknown checkpoint {hint!r}")
+        for phase in self.phases:
+            for ref in (phase.start, phase.end):
+                if ref.rpartition(".")[2] not in self.checkpoints:
+                    raise ValueError(f"phase {phase.name!r} names unknown checkpoint {ref!r}")
         return self
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Runbooks (runbooks/*.yaml)
+# Chains and verdicts (an `expect` step, a SUT's default chains)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -230,94 +226,6 @@ class ChainItem(Strict):
 Chain = list[Annotated[ChainItem, BeforeValidator(_chain_item_shorthand)]]
 
 
-class RunbookNode(Strict):
-    """A node as a runbook declares it: the topology fields plus its own env and args."""
-
-    role: Role
-    sut: str = "reference"
-    nat_profile: str = "none"
-    env: dict[str, str] = Field(default_factory=dict)
-    args: list[str] = Field(default_factory=list)
-
-    def topology_node(self, nat_profile: str | None = None) -> Node:
-        return Node(role=self.role, sut=self.sut, nat_profile=nat_profile or self.nat_profile)
-
-
-class StartStep(Strict):
-    action: Literal["start"]
-    node: str
-    env: dict[str, str] = Field(default_factory=dict)
-    args: list[str] = Field(default_factory=list)
-
-
-class WaitStep(Strict):
-    """Wait until a checkpoint is met on its node (since that node last started), or fail at the deadline."""
-
-    action: Literal["wait"]
-    checkpoint: str
-    within: Seconds
-    where: dict[str, FactValue] = Field(default_factory=dict)
-
-
-class WaitExitStep(Strict):
-    """Wait until a node's process ends; `code` (when given) is the exit code it must end with."""
-
-    action: Literal["wait_exit"]
-    node: str
-    within: Seconds
-    code: int | None = None
-
-
-class RunStep(Strict):
-    """Run a command on a node or a router (`<node>-router`); its sanitised output goes into the report."""
-
-    action: Literal["run"]
-    on: str
-    command: list[str] = Field(min_length=1)
-    timeout: Seconds = 30.0
-    code: int | None = Field(default=0, description="required exit code (None: any)")
-    name: str | None = None
-
-
-class StopStep(Strict):
-    action: Literal["stop"]
-    node: str
-    timeout: Seconds = 5.0
-
-
-class RestartStep(Strict):
-    """Stop a node and start it again with the command and env of its last start (plus `env` here)."""
-
-    action: Literal["restart"]
-    node: str
-    env: dict[str, str] = Field(default_factory=dict)
-    timeout: Seconds = 5.0
-
-
-class CollectStep(Strict):
-    action: Literal["collect"]
-
-
-class ExpectStep(Strict):
-    """The ordered checkpoints of a direct run (`checkpoints`) and of a relayed one (`relayed`)."""
-
-    action: Literal["expect"]
-    checkpoints: Chain = Field(min_length=1)
-    relayed: Chain = Field(default_factory=list)
-    clock_skew: Seconds = Field(default=2.0, description="tolerance when ordering lines of different nodes")
-
-
-Step = Annotated[
-    StartStep | WaitStep | WaitExitStep | RunStep | StopStep | RestartStep | CollectStep | ExpectStep,
-    Field(discriminator="action"),
-]
-
-
-class NodeOverride(Strict):
-    nat_profile: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-
-
 class ScenarioExpect(Strict):
     verdict: ExpectedVerdict
     first_missing: str | None = Field(
@@ -329,109 +237,6 @@ class ScenarioExpect(Strict):
         if self.first_missing and self.verdict != ExpectedVerdict.fail:
             raise ValueError("'first_missing' only applies to verdict 'fail'")
         return self
-
-
-class Scenario(Strict):
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_]*$")
-    description: str = ""
-    markers: list[str] = Field(default_factory=list)
-    nodes: dict[str, NodeOverride] = Field(default_factory=dict)
-    expect: ScenarioExpect
-    why: str = ""
-
-
-class MatrixCell(Strict):
-    expect: ExpectedVerdict
-    why: str
-
-
-class Matrix(Strict):
-    """NAT pairs (server profile -> client profile -> expected outcome), expanded into one scenario per cell."""
-
-    server_node: str = "server"
-    client_node: str = "client"
-    markers: list[str] = Field(default_factory=lambda: ["matrix", "slow"])
-    cells: dict[str, dict[str, MatrixCell]]
-
-
-class SanitiseOptions(Strict):
-    aliases: dict[str, str] = Field(default_factory=dict, description='"<SERVER_NAT_IP>": "<HOME_IP>"')
-    hash_peer_ids: bool = False
-
-
-class Runbook(Strict):
-    name: str
-    description: str = ""
-    markers: list[str] = Field(default_factory=list, description="added to every scenario")
-    nodes: dict[str, RunbookNode] = Field(min_length=1)
-    env: dict[str, str] = Field(default_factory=dict, description="env of every node")
-    steps: list[Step] = Field(min_length=1)
-    scenarios: list[Scenario] = Field(default_factory=list)
-    matrix: Matrix | None = None
-    sanitise: SanitiseOptions = Field(default_factory=SanitiseOptions)
-
-    @model_validator(mode="after")
-    def _expand_scenarios(self) -> Runbook:
-        """`scenarios` ends up holding every scenario: declared ones, then one per matrix cell, each carrying
-        the runbook's markers. (Frozen model: assigned once, here, through object.__setattr__.)"""
-        if not self.scenarios and self.matrix is None:
-            raise ValueError("a runbook needs 'scenarios' or a 'matrix'")
-        scenarios = list(self.scenarios)
-        declared = {s.id for s in scenarios}
-        if self.matrix is not None:
-            scenarios += [s for s in self._matrix_scenarios(self.matrix) if s.id not in declared]
-        ids = [s.id for s in scenarios]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate scenario ids: {', '.join(duplicates)}")
-        scenarios = [
-            s.model_copy(update={"markers": list(dict.fromkeys([*self.markers, *s.markers]))}) for s in scenarios
-        ]
-        object.__setattr__(self, "scenarios", scenarios)
-        return self
-
-    @staticmethod
-    def _matrix_scenarios(matrix: Matrix) -> list[Scenario]:
-        return [
-            Scenario(
-                id=matrix_scenario_id(server_profile, client_profile),
-                description=f"server behind {server_profile}, client behind {client_profile}",
-                markers=list(matrix.markers),
-                nodes={
-                    matrix.server_node: NodeOverride(nat_profile=server_profile),
-                    matrix.client_node: NodeOverride(nat_profile=client_profile),
-                },
-                expect=ScenarioExpect(verdict=cell.expect),
-                why=cell.why,
-            )
-            for server_profile, row in matrix.cells.items()
-            for client_profile, cell in row.items()
-        ]
-
-    @property
-    def scenarios_by_id(self) -> dict[str, Scenario]:
-        return {s.id: s for s in self.scenarios}
-
-    def topology(self, scenario: Scenario | None = None) -> Topology:
-        """The topology a scenario runs on: the runbook's nodes with the scenario's NAT overrides."""
-        overrides = scenario.nodes if scenario else {}
-        return Topology(
-            nodes={
-                name: node.topology_node(overrides[name].nat_profile if name in overrides else None)
-                for name, node in self.nodes.items()
-            }
-        )
-
-    def expect_step(self) -> ExpectStep | None:
-        found = [s for s in self.steps if isinstance(s, ExpectStep)]
-        return found[-1] if found else None
-
-
-def matrix_scenario_id(server_profile: str, client_profile: str) -> str:
-    def slug(profile: str) -> str:
-        return profile.replace("-", "_")
-
-    return f"matrix_{slug(server_profile)}_x_{slug(client_profile)}"
 
 
 SutExpect.model_rebuild()

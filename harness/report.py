@@ -13,12 +13,16 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
 from harness.checkpoints import Evidence, NodeLog
 from harness.errors import BadInput
+from harness.results import CheckpointRecord, RepeatResult, ScenarioResult
+
+if TYPE_CHECKING:
+    from harness.runbook.model import Runbook
 
 SCHEMA = "dcutr-lab/report"
 SCHEMA_VERSION = 1
@@ -99,10 +103,10 @@ def _round(value: float | None) -> float | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def scenario_record(result: Any) -> dict[str, Any]:
-    """The JSON record of one ScenarioResult (harness.runbook). Plain data: no real address in it."""
+def scenario_record(result: ScenarioResult) -> dict[str, Any]:
+    """The JSON record of one scenario run. Plain data: no real address in it."""
 
-    def checkpoints(records: Sequence[Any]) -> list[dict[str, Any]]:
+    def checkpoints(records: Sequence[CheckpointRecord]) -> list[dict[str, Any]]:
         return [
             {
                 "name": r.name,
@@ -162,7 +166,7 @@ def scenario_record(result: Any) -> dict[str, Any]:
             }
             for s in result.steps
         ],
-        "conntrack": list(result.conntrack),
+        "conntrack": [{"router": t.router, "file": t.file, "required": t.required} for t in result.conntrack],
         "environment": dict(result.environment),
         "placeholders": list(result.placeholders),
         "logs": [],
@@ -190,7 +194,7 @@ def _count_lines(path: Path) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def write_scenario_report(result: Any, logs: Mapping[str, NodeLog] | None = None) -> Path:
+def write_scenario_report(result: ScenarioResult, logs: Mapping[str, NodeLog] | None = None) -> Path:
     """report.json, report.md and junit.xml of one scenario run, in its report dir."""
     report_dir = Path(result.report_dir)
     record = scenario_record(result)
@@ -278,15 +282,15 @@ def render_junit(record: Mapping[str, Any]) -> str:
 
 def run_record(
     run_id: str,
-    runbook: Any,
-    repeats: Sequence[Any],
+    runbook: Runbook,
+    repeats: Sequence[RepeatResult],
     run_dir: Path,
     *,
     backend: str,
     started_at: float,
     duration: float,
 ) -> dict[str, Any]:
-    """The run-level record over scenarios (each a RepeatResult of harness.runbook)."""
+    """The run-level record over scenarios, each with all its attempts."""
     from harness.matrix import grid, profiles, wilson
 
     scenarios = []
@@ -330,7 +334,7 @@ def run_record(
             }
         )
     matrix = None
-    if getattr(runbook, "matrix", None) is not None:
+    if runbook.matrix is not None:
         results = {s["id"]: [a["verdict"] for a in s["attempts"]] for s in scenarios}
         servers, clients = profiles(runbook)
         matrix = {

@@ -67,7 +67,3 @@ def render(template: str, namespace: Mapping[str, Any]) -> str:
         raise TemplateError(f"template {template!r}: {error.message}") from None
     except jinja2.TemplateError as error:
         raise TemplateError(f"template {template!r}: {error}") from None
-
-
-def render_mapping(values: Mapping[str, str], namespace: Mapping[str, Any]) -> dict[str, str]:
-    return {key: render(value, namespace) for key, value in values.items()}

@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.checkpoints import NodeLog, evaluate_chain
+from harness.chains import evaluate_chain
+from harness.checkpoints import NodeLog
 from harness.conntrack import ConntrackGroundTruth
 from harness.errors import BadInput
 from harness.models import ChainItem, ExpectedVerdict, Node, Role, ScenarioExpect, Topology
+from harness.results import RouterTable, ScenarioResult, phase_timings, records
 from harness.sanitise import Sanitiser
 from harness.sut import get_sut
 from harness.verdict import Outcome, as_expected, decide
@@ -33,7 +35,7 @@ class Verification:
     start: float | None
     tables: dict[str, tuple[str, str]] | None = None  # router -> (report file, sanitised text)
     placeholders: list[str] | None = None
-    result: object | None = None  # the ScenarioResult written, when a report was asked for
+    result: ScenarioResult | None = None  # written when a report was asked for
 
 
 def discover_logs(directory: Path, nodes: Sequence[str] = DEFAULT_NODES) -> dict[str, Path]:
@@ -106,10 +108,9 @@ def write_verification_report(
     sut_name: str,
     expect: ScenarioExpect | None = None,
     source: str = "",
-) -> object:
+) -> ScenarioResult:
     """Write sanitised logs and report.{json,md}, junit.xml into `out_dir`, as a lab run would."""
     from harness.report import write_scenario_report
-    from harness.runbook import ScenarioResult, _records, _timings
 
     out_dir = Path(out_dir)
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -142,12 +143,12 @@ def write_verification_report(
         ),
         started_at=start,
     )
-    result.checkpoints = _records(outcome.direct, start)
-    result.relayed_checkpoints = _records(outcome.relayed, start) if outcome.relayed else []
-    result.timings.update(_timings(outcome.direct, start))
+    result.checkpoints = records(outcome.direct, start)
+    result.relayed_checkpoints = records(outcome.relayed, start) if outcome.relayed else []
+    result.timings.update(phase_timings(outcome.direct, get_sut(sut_name).phases))
     result.environment = {"sut": sut_name, "source": source or "-"}
     result.placeholders = list(verification.placeholders or [])
-    result.conntrack = [{"router": name, "file": file, "required": True} for name, (file, _t) in tables.items()]
+    result.conntrack = [RouterTable(router=name, file=file, required=True) for name, (file, _t) in tables.items()]
     write_scenario_report(result, verification.logs)
     verification.result = result
     return result

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.checkpoints import Hit, Miss, NodeLog, evaluate_chain, find, make_line, match_line, parse_timestamp
+from harness.chains import evaluate_chain
+from harness.checkpoints import Hit, Miss, NodeLog, find, make_line, match_line, parse_timestamp
 from harness.models import ChainItem, Role, Verdict
 from harness.sanitise import Sanitiser
 from harness.sut import get_sut

@@ -93,13 +93,13 @@ def test_run_refuses_a_bad_runbook_before_any_backend(tmp_path, monkeypatch, cap
 def fake_lab(monkeypatch):
     """`create_backend` hands out fake labs; the engine sleeps on their shared fake clock."""
     import harness.backends
-    import harness.runbook
+    import harness.runbook.engine
 
     clock = FakeClock()
-    monkeypatch.setattr(harness.runbook, "Clock", lambda: clock)
+    monkeypatch.setattr(harness.runbook.engine, "Clock", lambda: clock)
     kinds = {"dcutr": True}
 
-    def create(name, *, run_id, report_dir, inventory=None):
+    def create(name, *, run_id, inventory=None):
         backend = lab(dcutr=kinds["dcutr"], fallback=not kinds["dcutr"])
         backend.clock = clock
         clock.now = 0.0

@@ -27,13 +27,6 @@ def test_every_name_has_a_preset_named_after_it() -> None:
         assert cfg.name == name.value
 
 
-def test_names_match_the_models_fallback_list() -> None:
-    from harness.models import FALLBACK_NAT_PROFILES, nat_profile_names
-
-    assert set(profile_names()) == set(FALLBACK_NAT_PROFILES)
-    assert set(nat_profile_names()) == set(profile_names())
-
-
 def test_unknown_profile_is_bad_input_naming_the_known_ones() -> None:
     with pytest.raises(BadInput) as caught:
         get_profile("fullcone")

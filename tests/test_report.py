@@ -11,7 +11,8 @@ import pytest
 
 from harness.errors import BadInput
 from harness.report import load_record, render_dir, render_junit, render_markdown, run_record, update_index
-from harness.runbook import RepeatResult, load_runbook, run_scenario
+from harness.results import RepeatResult
+from harness.runbook import load_runbook, run_scenario
 from tests.fakes import lab
 from tests.test_runbook_models import PHASE4, RUNBOOKS
 

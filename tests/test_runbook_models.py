@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from harness.errors import BadInput
-from harness.models import ExpectedVerdict, matrix_scenario_id
+from harness.models import ExpectedVerdict
 from harness.runbook import load_runbook
+from harness.runbook.model import matrix_scenario_id
 
 RUNBOOKS = Path(__file__).resolve().parent.parent / "runbooks"
 PHASE4 = RUNBOOKS / "phase4-mixed-nat.yaml"

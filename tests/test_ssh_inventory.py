@@ -215,18 +215,18 @@ def test_become_password_is_refused(tmp_path):
 
 def test_create_backend_ssh_needs_an_inventory(tmp_path):
     with pytest.raises(BadInput, match="--inventory"):
-        create_backend("ssh", run_id="r1", report_dir=tmp_path)
-    backend = create_backend("ssh", run_id="r1", report_dir=tmp_path, inventory=write(tmp_path, GOOD))
+        create_backend("ssh", run_id="r1")
+    backend = create_backend("ssh", run_id="r1", inventory=write(tmp_path, GOOD))
     assert isinstance(backend, SshBackend)
     backend.close()
     with pytest.raises(BadInput, match="ssh only"):
-        create_backend("docker", run_id="r1", report_dir=tmp_path, accept_new_host_keys=True)
+        create_backend("docker", run_id="r1", accept_new_host_keys=True)
 
 
 def test_create_backend_reports_inventory_errors(tmp_path):
     path = write(tmp_path, GOOD.replace("dcutr_role: relay", "dcutr_role: relais"))
     with pytest.raises(BadInput, match=r"inventory\.yml:7: all\.hosts\.relay-vm\.dcutr_role"):
-        create_backend("ssh", run_id="r1", report_dir=tmp_path, inventory=path)
+        create_backend("ssh", run_id="r1", inventory=path)
 
 
 def test_nodes_map_by_name_then_role(tmp_path):

@@ -14,7 +14,6 @@ def create_backend(
     name: str,
     *,
     run_id: str,
-    report_dir: Path,
     inventory: Path | None = None,
     accept_new_host_keys: bool = False,
 ) -> Backend:

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from harness.cli.console import console, err_console
+from harness.console import console, err_console
 from harness.errors import LabError
 
 app = typer.Typer(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from harness.cli import app
-from harness.cli.console import console
+from harness.console import console
 
 
 @app.command()

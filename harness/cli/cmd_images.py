@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from harness.cli import app
-from harness.cli.console import console
+from harness.console import console
 
 images_app = typer.Typer(name="images", help="Build and list the lab's offline images.", no_args_is_help=True)
 app.add_typer(images_app)
@@ -49,21 +49,11 @@ def build(
 @images_app.command("list")
 def list_images() -> None:
     """The lab images present locally, newest first, with their sizes."""
-    from harness.images import REPOSITORY, _docker
-    from harness.labels import LABEL_IMAGE
+    from harness.images import local_images
 
-    client = _docker()
     table = Table("kind", "tag", "size", "created")
-    found = client.images.list(filters={"label": LABEL_IMAGE})
-    for image in sorted(found, key=lambda i: i.attrs.get("Created", ""), reverse=True):
-        for tag in image.tags:
-            if tag.startswith(f"{REPOSITORY}/"):
-                table.add_row(
-                    image.labels.get(LABEL_IMAGE, "?"),
-                    tag,
-                    f"{image.attrs.get('Size', 0) / 1e6:.0f} MB",
-                    image.attrs.get("Created", "")[:19],
-                )
+    for image in local_images():
+        table.add_row(image.kind, image.tag, f"{image.size / 1e6:.0f} MB", image.created)
     console.print(table)
 
 

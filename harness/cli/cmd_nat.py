@@ -9,7 +9,7 @@ import typer
 from rich.table import Column, Table
 
 from harness.cli import app
-from harness.cli.console import console, err_console
+from harness.console import console, err_console
 
 nat_app = typer.Typer(name="nat", help="NAT profiles: list, show rulesets, probe them.", no_args_is_help=True)
 app.add_typer(nat_app)

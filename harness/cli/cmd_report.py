@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from harness.cli import app
-from harness.cli.console import console
+from harness.console import console
 
 
 @app.command()

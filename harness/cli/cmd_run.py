@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from harness.cli import app
-from harness.cli.console import console
+from harness.console import console
 from harness.errors import BadInput, LabError
 
 VERDICT_STYLE = {"direct": "verdict.direct", "relayed": "verdict.relayed", "fail": "verdict.fail"}
@@ -76,7 +76,7 @@ def run(
 
         # One lab per attempt, named after the run so `dcutr-lab clean --run <run-id>aN` finds it.
         options = {"accept_new_host_keys": True} if accept_new_host_keys else {}
-        return create_backend(backend, run_id=f"{run_id}a{attempt}", report_dir=run_dir, inventory=inventory, **options)
+        return create_backend(backend, run_id=f"{run_id}a{attempt}", inventory=inventory, **options)
 
     started = time.time()
     results = []

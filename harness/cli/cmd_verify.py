@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from harness.cli import app
-from harness.cli.console import console
+from harness.console import console
 from harness.errors import BadInput, LabError
 
 STATUS_STYLE = {"met": "ok", "missed": "error", "skipped": "warn", "not reached": "muted"}

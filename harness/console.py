@@ -1,4 +1,4 @@
-"""One rich console and theme for the whole CLI."""
+"""One rich console and theme for everything that prints: the CLI and the benchmarks."""
 
 from __future__ import annotations
 

@@ -1,0 +1,320 @@
+"""The steps of a runbook: one tagged type (`action`), each variant carrying its own behaviour.
+
+A step knows three things about itself: `check(ctx)`, what it needs from the runbook before anything starts
+(its node exists and is started, its templates name facts an earlier step provides, its checkpoint is defined);
+`run(ctx)`, what it does on a running scenario; and `summary()`, its line in the report. Adding a step is one
+class here plus its name in `Step`. The loader (`harness.runbook.load`) and the engine
+(`harness.runbook.engine`) implement the two contexts; neither knows any step by name.
+
+No step sleeps for its own sake: a wait polls for a checkpoint or an exit until its deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Literal, Protocol
+
+from pydantic import Field
+
+from harness.chains import bind, split_ref
+from harness.checkpoints import Hit, NodeLog, find, norm
+from harness.durations import Seconds
+from harness.models import Chain, CheckpointDef, FactValue, Phase, Strict
+
+if TYPE_CHECKING:
+    from harness.backends.base import Backend
+    from harness.errors import BadInput
+    from harness.runbook.model import RunbookNode
+
+Loc = tuple[str | int, ...]
+
+
+class StepFailed(Exception):
+    """A step could not be completed (a wait missed its deadline, a command failed): stop the steps."""
+
+
+class CheckContext(Protocol):
+    """What a step may ask of the runbook loader (harness.runbook.load.Checker)."""
+
+    nodes: Mapping[str, RunbookNode]
+    started: set[str]
+
+    def fail(self, loc: Loc, message: str) -> BadInput: ...
+
+    def node(self, name: str, loc: Loc) -> None:
+        """The step's node must be one of the runbook's."""
+
+    def templates(self, values: Sequence[object], loc: Loc) -> None:
+        """Every template among `values` names facts an earlier step provides."""
+
+    def start_templates(self, node: str, extra: Sequence[str]) -> list[str]:
+        """The templates a start of `node` renders: runbook env, node env and args, plus `extra`."""
+
+    def checkpoint(self, ref: str, loc: Loc, *, optional: bool = False) -> CheckpointDef | None:
+        """The definition of `node.checkpoint` in that node's SUT; None for conntrack or an optional miss."""
+
+    def provide(self, ref: str, definition: CheckpointDef) -> None:
+        """From here on, the facts of `definition` are known as `node.fact` and `node.checkpoint.fact`."""
+
+    def check_chain(self, chain: Chain, loc: Loc) -> None:
+        """An `expect` chain: each item's checkpoint defined and its templates provided by earlier items."""
+
+
+class RunContext(Protocol):
+    """What a step may do on a running scenario (harness.runbook.engine.ScenarioRun)."""
+
+    backend: Backend
+    logs: Mapping[str, NodeLog]
+    namespace: dict[str, dict[str, object]]
+    last_start: dict[str, tuple[list[str], dict[str, str]]]
+    poll_interval: float
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    def pull(self, nodes: Sequence[str] | None = None) -> None:
+        """Read, sanitise and append what the nodes logged since the last pull."""
+
+    def render(self, value: str) -> str:
+        """A template rendered over the facts, with real addresses put back for the node."""
+
+    def sanitise(self, text: str, stream: str = "") -> str: ...
+
+    def start(self, node: str, env: Mapping[str, str], args: Sequence[str]) -> str:
+        """Start a node with its SUT role's command and the merged env; returns the sanitised command line."""
+
+    def launch(self, node: str, command: list[str], env: dict[str, str]) -> str:
+        """Start a node with exactly this command and env."""
+
+    def collect(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------------
+# node processes
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _NodeStep(Strict):
+    node: str
+
+    def check(self, ctx: CheckContext, loc: Loc) -> None:
+        ctx.node(self.node, (*loc, "node"))
+        if self.node not in ctx.started:
+            raise ctx.fail((*loc, "node"), f"node {self.node!r} is not started by an earlier step")
+
+
+class StartStep(Strict):
+    action: Literal["start"]
+    node: str
+    env: dict[str, str] = Field(default_factory=dict)
+    args: list[str] = Field(default_factory=list)
+
+    def check(self, ctx: CheckContext, loc: Loc) -> None:
+        ctx.node(self.node, (*loc, "node"))
+        ctx.templates(ctx.start_templates(self.node, [*self.env.values(), *self.args]), (*loc, "start"))
+        ctx.started.add(self.node)
+
+    def run(self, ctx: RunContext) -> str | None:
+        return ctx.start(self.node, self.env, self.args)
+
+    def summary(self) -> str:
+        return f"start {self.node}"
+
+
+class StopStep(_NodeStep):
+    action: Literal["stop"]
+    timeout: Seconds = 5.0
+
+    def run(self, ctx: RunContext) -> str | None:
+        ctx.backend.stop(self.node, self.timeout)
+        ctx.pull()
+        return None
+
+    def summary(self) -> str:
+        return f"stop {self.node}"
+
+
+class RestartStep(_NodeStep):
+    """Stop a node and start it again with the command and env of its last start (plus `env` here)."""
+
+    action: Literal["restart"]
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: Seconds = 5.0
+
+    def check(self, ctx: CheckContext, loc: Loc) -> None:
+        super().check(ctx, loc)
+        ctx.templates(ctx.start_templates(self.node, list(self.env.values())), (*loc, "restart"))
+
+    def run(self, ctx: RunContext) -> str | None:
+        ctx.pull()
+        ctx.backend.stop(self.node, self.timeout)
+        ctx.pull()
+        command, env = ctx.last_start[self.node]
+        return ctx.launch(self.node, command, {**env, **{k: ctx.render(v) for k, v in self.env.items()}})
+
+    def summary(self) -> str:
+        return f"restart {self.node}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# waits
+# ---------------------------------------------------------------------------------------------------------
+
+
+class WaitStep(Strict):
+    """Wait until a checkpoint is met on its node (since that node last started), or fail at the deadline."""
+
+    action: Literal["wait"]
+    checkpoint: str
+    within: Seconds
+    where: dict[str, FactValue] = Field(default_factory=dict)
+
+    def check(self, ctx: CheckContext, loc: Loc) -> None:
+        definition = ctx.checkpoint(self.checkpoint, (*loc, "checkpoint"))
+        node, _ = split_ref(self.checkpoint)
+        if node not in ctx.started:
+            raise ctx.fail((*loc, "checkpoint"), f"node {node!r} is not started by an earlier step")
+        ctx.templates(list(self.where.values()), (*loc, "wait"))
+        assert definition is not None  # a wait names a log checkpoint, never conntrack (checked above)
+        ctx.provide(self.checkpoint, definition)
+
+    def run(self, ctx: RunContext) -> str | None:
+        node, checkpoint = split_ref(self.checkpoint)
+        log = ctx.logs[node]
+        # Compare sanitised to sanitised: a rendered address was restored for the node, not for matching.
+        expected = {
+            key: ctx.sanitise(norm(ctx.render(value) if isinstance(value, str) else value))
+            for key, value in self.where.items()
+        }
+        deadline = ctx.now() + self.within
+
+        def met() -> Hit | str:
+            outcome = find(log, checkpoint, expected=expected, after_line=log.session_start)
+            if isinstance(outcome, Hit):
+                bind(ctx.namespace, outcome)
+                return outcome
+            return outcome.reason
+
+        while True:
+            ctx.pull()
+            outcome = met()
+            if isinstance(outcome, Hit):
+                return f"{outcome.evidence[0].ref} after {ctx.now():.1f}s"
+            code = ctx.backend.exit_code(node)
+            if code is not None:
+                ctx.pull([node])  # what it printed on its way out
+                outcome = met()
+                if isinstance(outcome, Hit):
+                    return f"{outcome.evidence[0].ref} after {ctx.now():.1f}s"
+                raise StepFailed(f"{node} exited with code {code} before {self.checkpoint}: {outcome}")
+            if ctx.now() >= deadline:
+                tail = "; last lines: " + " | ".join(line.text[-160:] for line in log.lines[-3:]) if log.lines else ""
+                raise StepFailed(f"{self.checkpoint} not met within {self.within:g}s: {outcome}{tail}")
+            ctx.sleep(ctx.poll_interval)
+
+    def summary(self) -> str:
+        return f"wait {self.checkpoint} within {self.within:g}s"
+
+
+class WaitExitStep(_NodeStep):
+    """Wait until a node's process ends; `code` (when given) is the exit code it must end with."""
+
+    action: Literal["wait_exit"]
+    within: Seconds
+    code: int | None = None
+
+    def run(self, ctx: RunContext) -> str | None:
+        deadline = ctx.now() + self.within
+        while True:
+            ctx.pull()
+            code = ctx.backend.exit_code(self.node)
+            if code is not None:
+                ctx.pull()
+                if self.code is not None and code != self.code:
+                    raise StepFailed(f"{self.node} exited with code {code}, expected {self.code}")
+                return f"{self.node} exited with code {code} after {ctx.now():.1f}s"
+            if ctx.now() >= deadline:
+                raise StepFailed(f"{self.node} still running after {self.within:g}s")
+            ctx.sleep(ctx.poll_interval)
+
+    def summary(self) -> str:
+        return f"wait for {self.node} to exit within {self.within:g}s"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# commands, artefacts, the verdict
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RunStep(Strict):
+    """Run a command on a node or a router (`<node>-router`); its sanitised output goes into the report."""
+
+    action: Literal["run"]
+    on: str
+    command: list[str] = Field(min_length=1)
+    timeout: Seconds = 30.0
+    code: int | None = Field(default=0, description="required exit code (None: any)")
+    name: str | None = None
+
+    def check(self, ctx: CheckContext, loc: Loc) -> None:
+        if self.on not in ctx.nodes and not any(self.on.startswith(f"{n}-") for n in ctx.nodes):
+            raise ctx.fail((*loc, "on"), f"{self.on!r} is neither a node nor a router of one (<node>-router)")
+        ctx.templates(self.command, (*loc, "run"))
+
+    def run(self, ctx: RunContext) -> str | None:
+        command = [ctx.render(part) for part in self.command]
+        outcome = ctx.backend.exec(self.on, command, timeout=self.timeout)
+        output = ctx.sanitise(outcome.output.rstrip("\n"), stream=f"run:{self.on}")
+        shown = ctx.sanitise(" ".join(command))
+        if self.code is not None and outcome.exit_code != self.code:
+            raise StepFailed(
+                f"`{shown}` on {self.on} exited {outcome.exit_code}, expected {self.code}: {output[-300:]}"
+            )
+        return f"$ {shown} (on {self.on}) -> exit {outcome.exit_code}\n{output}".rstrip()
+
+    def summary(self) -> str:
+        return self.name or f"run `{' '.join(self.command)}` on {self.on}"
+
+
+class CollectStep(Strict):
+    action: Literal["collect"]
+
+    def check(self, ctx: CheckContext, loc: Loc) -> None:
+        return None
+
+    def run(self, ctx: RunContext) -> str | None:
+        ctx.collect()
+        return None
+
+    def summary(self) -> str:
+        return "collect logs and conntrack tables"
+
+
+class ExpectStep(Strict):
+    """The ordered checkpoints of a direct run (`checkpoints`) and of a relayed one (`relayed`).
+
+    `phases` name the timings the report shows; without them, those of the nodes' SUT files.
+    """
+
+    action: Literal["expect"]
+    checkpoints: Chain = Field(min_length=1)
+    relayed: Chain = Field(default_factory=list)
+    clock_skew: Seconds = Field(default=2.0, description="tolerance when ordering lines of different nodes")
+    phases: list[Phase] | None = None
+
+    def check(self, ctx: CheckContext, loc: Loc) -> None:
+        ctx.check_chain(self.checkpoints, (*loc, "checkpoints"))
+        ctx.check_chain(self.relayed, (*loc, "relayed"))
+
+    def run(self, ctx: RunContext) -> str | None:
+        return "evaluated after collecting"
+
+    def summary(self) -> str:
+        return f"expect {len(self.checkpoints)} checkpoints in order"
+
+
+Step = Annotated[
+    StartStep | WaitStep | WaitExitStep | RunStep | StopStep | RestartStep | CollectStep | ExpectStep,
+    Field(discriminator="action"),
+]
