@@ -182,3 +182,36 @@ def test_run_and_restart_steps(tmp_path):
     names = [c.name for c in result.checkpoints if c.status == "met"]
     assert "server.handshake_direct" in names
     assert CLIENT_ID in (result.report_dir / "logs" / "server.log").read_text()
+
+
+def test_phases_come_from_the_expect_step_when_it_names_them(phase4, tmp_path):
+    """The engine times what the runbook names, not a fixed list of checkpoints: an expect step's own phases
+    replace the SUT file's, and a phase whose checkpoint was never met has no time."""
+    from harness.models import Phase
+
+    expect = phase4.expect_step()
+    phases = [
+        Phase(name="circuit", start="server.reservation_accepted", end="relay.circuit_accepted"),
+        Phase(name="never", start="relay.listening", end="client.relayed_connection_that_is_not"),
+    ]
+    steps = [*phase4.steps[:-1], expect.model_copy(update={"phases": phases})]
+    runbook = phase4.model_copy(update={"steps": steps})
+    result, _ = _run(runbook, "mixed_nat", lab(), tmp_path)
+    assert set(result.timings) == {"setup", "teardown", "circuit", "never"}
+    assert result.timings["circuit"] is not None and result.timings["circuit"] > 0
+    assert result.timings["never"] is None
+
+
+def test_a_sut_phase_must_name_its_checkpoints():
+    from pydantic import ValidationError
+
+    from harness.models import Sut
+
+    definition = {
+        "name": "x",
+        "format": "json",
+        "checkpoints": {"up": {"event": "up"}},
+        "phases": [{"name": "boot", "start": "up", "end": "down"}],
+    }
+    with pytest.raises(ValidationError, match="phase 'boot' names unknown checkpoint 'down'"):
+        Sut.model_validate(definition)
