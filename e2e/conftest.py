@@ -36,10 +36,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def images() -> dict[str, str]:
-    """Image tags by kind, built on demand from content hashes (a no-op when nothing changed)."""
-    from harness.images import ensure_image
+    """Image tags by kind (`base`, `router`, `sut-reference`), built on demand from content hashes (a no-op when
+    nothing changed)."""
+    from harness.images import ensure_image, sut_image
+    from harness.sut import get_sut
 
-    return {kind: ensure_image(kind) for kind in ("base", "router", "peer")}
+    tags = {kind: ensure_image(kind) for kind in ("base", "router")}
+    tags["sut-reference"] = sut_image(get_sut("reference")).tag
+    return tags
 
 
 @pytest.fixture

@@ -30,14 +30,21 @@ def _timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - began
 
 
-def bench_images(*, cold: bool) -> dict[str, float]:
-    from harness.images import ensure_image
+def bench_images(*, cold: bool, suts: list[str]) -> dict[str, float]:
+    """Base and router images (forced when `cold`), then the images of `suts` (cargo decides what is stale)."""
+    from harness.images import ensure_image, sut_image
+    from harness.sut import get_sut
+
+    def build_all(force: bool) -> None:
+        for kind in ("base", "router"):
+            ensure_image(kind, force=force)
+        for name in suts:
+            sut_image(get_sut(name))
 
     figures: dict[str, float] = {}
-    kinds = ("base", "router", "peer")
     if cold:
-        figures["cold build"] = sum(_timed(lambda k=kind: ensure_image(k, force=True)) for kind in kinds)
-    figures["cached rebuild"] = sum(_timed(lambda k=kind: ensure_image(k)) for kind in kinds)
+        figures["cold build"] = _timed(lambda: build_all(True))
+    figures["cached rebuild"] = _timed(lambda: build_all(False))
     return figures
 
 
@@ -86,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
 
     install_cleanup_handlers()
     try:
-        images = bench_images(cold=not args.skip_cold)
-        samples = bench_scenario(REPO / "runbooks" / "phase4-mixed-nat.yaml", "mixed_nat", args.runs, args.reports)
+        from harness.runbook import load_runbook
+
+        runbook_path = REPO / "runbooks" / "phase4-mixed-nat.yaml"
+        suts = sorted({node.sut for node in load_runbook(runbook_path).nodes.values()})
+        images = bench_images(cold=not args.skip_cold, suts=suts)
+        samples = bench_scenario(runbook_path, "mixed_nat", args.runs, args.reports)
     except LabError as error:
         console.print(f"[error]error:[/] {error}")
         return error.exit_code

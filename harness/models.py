@@ -107,6 +107,33 @@ class SutRole(Strict):
     env: dict[str, str] = Field(default_factory=dict)
 
 
+class SutBuild(Strict):
+    """How `dcutr-lab images build --sut NAME --source PATH` turns a source tree into the SUT's programs.
+
+    `outputs` are paths relative to the source root; a leading `target/` follows CARGO_TARGET_DIR, which the lab
+    points at a cache so a second build of the same source costs seconds. `source` is a default source inside
+    this repository, built in place (the reference peers); without it, the user names one.
+    """
+
+    command: list[str] = Field(min_length=1)
+    outputs: list[str] = Field(min_length=1)
+    packages: list[str] = Field(default_factory=list, description="Debian packages the build needs")
+    tools: list[str] = Field(default_factory=list, description="programs the build runs (checked on PATH)")
+    source: str | None = None
+
+    @property
+    def programs(self) -> dict[str, str]:
+        """Program name (what a role's command runs) -> output path."""
+        return {output.rsplit("/", 1)[-1]: output for output in self.outputs}
+
+
+class SutApi(Strict):
+    """A control API the SUT serves inside its node: one JSON object a line over TCP (kaspad's helper API)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+
+
 class SutExpect(Strict):
     """The default chains `dcutr-lab verify` uses for logs of this SUT (node names relay/server/client)."""
 
@@ -126,7 +153,7 @@ class Phase(Strict):
 
 
 class Sut(Strict):
-    name: str
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$", description="also its image's name: sut-<name>")
     description: str = ""
     format: Literal["json", "text"]
     roles: dict[Role, SutRole] = Field(default_factory=dict, description="how the harness starts each role")
@@ -134,6 +161,13 @@ class Sut(Strict):
     checkpoints: dict[str, CheckpointDef]
     expect: SutExpect | None = None
     phases: list[Phase] = Field(default_factory=list, description="the timings a report shows for this SUT")
+    build: SutBuild | None = None
+    api: SutApi | None = None
+
+    @property
+    def programs(self) -> list[str]:
+        """The programs the roles run (the first word of each role's command), in role order, once each."""
+        return list(dict.fromkeys(role.command[0] for role in self.roles.values()))
 
     @field_validator("checkpoints", "facts")
     @classmethod
@@ -152,6 +186,10 @@ class Sut(Strict):
             for hint in checkpoint.hints:
                 if hint not in self.checkpoints:
                     raise ValueError(f"checkpoint {name!r} hints at unknown checkpoint {hint!r}")
+        if self.build is not None:
+            missing = [p for p in self.programs if p not in self.build.programs]
+            if missing:
+                raise ValueError(f"build.outputs has no program {', '.join(map(repr, missing))} that a role runs")
         for phase in self.phases:
             for ref in (phase.start, phase.end):
                 if ref.rpartition(".")[2] not in self.checkpoints:

@@ -90,8 +90,12 @@ def docker_client() -> docker.DockerClient:
 
 
 def _default_images(kind: str) -> str:
-    from harness.images import ensure_image
+    """`base`, `router`, or `sut-<name>`: the image of that SUT (built in place, or the one built last)."""
+    from harness.images import ensure_image, sut_image
+    from harness.sut import get_sut
 
+    if kind.startswith("sut-"):
+        return sut_image(get_sut(kind.removeprefix("sut-"))).tag
     return ensure_image(kind)
 
 
@@ -528,7 +532,7 @@ class DockerLab:
         """A machine on `router`'s LAN: a namespace holder whose default route is the router."""
         container = self._start_container(
             name,
-            image=image or self.image("peer"),
+            image=image or self.image("router"),
             role="host",
             command=["sleep", "infinity"],
             entrypoint=[],
@@ -547,7 +551,7 @@ class DockerLab:
         ip = transit.next_ip()
         container = self._start_container(
             name,
-            image=image or self.image("peer"),
+            image=image or self.image("router"),
             role="host",
             command=["sleep", "infinity"],
             entrypoint=[],
@@ -559,13 +563,13 @@ class DockerLab:
         return Host(name=name, container=container, ip=ip, gateway=None)
 
     def process(
-        self, name: str, host: Host, command: Sequence[str], env: Mapping[str, str], *, image: str | None = None
+        self, name: str, host: Host, command: Sequence[str], env: Mapping[str, str], *, image: str
     ) -> DockerContainer:
         """Start a process container inside `host`'s network namespace."""
         host_id = host.container.get_wrapped_container().id
         return self._start_container(
             name,
-            image=image or self.image("peer"),
+            image=image,
             role="process",
             command=command,
             env=env,
@@ -612,16 +616,19 @@ class DockerBackend:
         self.lab = lab or DockerLab(run_id, images=images)
         self._nodes: dict[str, NodeRuntime] = {}
         self._addresses: dict[str, NodeAddresses] = {}
+        self._images: dict[str, str] = {}  # node -> the image of its SUT
 
     # -- provisioning ----------------------------------------------------------------------------------
 
     def provision(self, topology: Topology) -> None:
         from harness.nat.profiles import get_profile
 
+        by_sut: dict[str, str] = {}
         for name, node in topology.nodes.items():
-            if node.sut != "reference":
-                raise BadInput(f"node {name}: SUT {node.sut!r} has no Docker image yet (only 'reference')")
             get_profile(node.nat_profile)  # unknown names fail here, before any container exists
+            if node.sut not in by_sut:  # likewise a SUT with no image
+                by_sut[node.sut] = self.lab.image(f"sut-{node.sut}")
+            self._images[name] = by_sut[node.sut]
         try:
             for name, node in topology.nodes.items():
                 self._provision_node(name, node.role, node.nat_profile)
@@ -700,7 +707,9 @@ class DockerBackend:
             self._retire_process(runtime)
         assert runtime.host is not None
         runtime.starts += 1
-        runtime.process = self.lab.process(self._process_name(runtime), runtime.host, command, env)
+        runtime.process = self.lab.process(
+            self._process_name(runtime), runtime.host, command, env, image=self._images[node]
+        )
 
     def _retire_process(self, runtime: NodeRuntime) -> None:
         """Keep the old process's log lines (so line numbers stay stable), then remove its container."""

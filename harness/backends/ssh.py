@@ -503,7 +503,7 @@ class SshBackend:
         if again:
             raise LabError(f"node {', '.join(again)} is already provisioned on this fleet")
         plan = self._plan(topology)
-        binaries = self._local_binaries() if any(n.sut == "reference" for n in topology.nodes.values()) else []
+        binaries = self._local_binaries(sorted({node.sut for node in topology.nodes.values()}))
         try:
             # Reach every host before touching any: an unreachable one fails the run with nothing started.
             for alias in self._hosts_in_play(plan):
@@ -588,23 +588,24 @@ class SshBackend:
                 add(router.name)
         return ordered
 
-    def _local_binaries(self) -> list[tuple[str, Path, str]]:
-        """(name, path, sha256) of the reference peer binaries to upload."""
-        from harness.images import PEER_BINARIES, peer_binary_paths
+    def _local_binaries(self, suts: Sequence[str]) -> list[tuple[str, Path, str]]:
+        """(program, path, sha256) of every program the topology's SUTs run, to upload."""
+        from harness.images import sut_programs
+        from harness.sut import get_sut
 
-        paths = self._binaries if self._binaries is not None else peer_binary_paths()
-        missing = [p.name for p in paths if not p.is_file()]
+        wanted: dict[str, Path] = {}
+        for name in suts:
+            wanted.update(sut_programs(get_sut(name)))
+        if self._binaries is not None:  # given explicitly: they stand in for the SUT's own, by name
+            given = {path.name: path for path in self._binaries}
+            unknown = sorted(set(given) - set(wanted))
+            if unknown:
+                raise BadInput(f"{', '.join(unknown)}: not a program of {', '.join(suts)} (known: {', '.join(wanted)})")
+            wanted.update(given)
+        missing = [name for name, path in wanted.items() if not path.is_file()]
         if missing:
-            raise SetupError(
-                f"peer binaries missing ({', '.join(missing)}): run `cargo build --release` in images/peers "
-                "(or `dcutr-lab images build`)"
-            )
-        found = []
-        for path in paths:
-            if path.name not in PEER_BINARIES:
-                raise BadInput(f"{path.name}: not a peer binary (known: {', '.join(PEER_BINARIES)})")
-            found.append((path.name, path, _sha256(path)))
-        return found
+            raise SetupError(f"programs missing ({', '.join(missing)}): run `dcutr-lab images build`")
+        return [(name, path, _sha256(path)) for name, path in wanted.items()]
 
     # -- connections -------------------------------------------------------------------------------------
 
