@@ -214,6 +214,7 @@ class FakeBackend:
     starts: dict[str, list[tuple[float, list[str], dict[str, str]]]] = field(default_factory=dict)
     stopped: dict[str, float] = field(default_factory=dict)
     execs: list[tuple[str, list[str]]] = field(default_factory=list)
+    api: dict[str, list[str]] = field(default_factory=dict)  # node -> the answers its API gives, in turn
     provisioned: Topology | None = None
     closed: bool = False
     _past: dict[str, list[str]] = field(default_factory=dict)
@@ -269,6 +270,9 @@ class FakeBackend:
         self.execs.append((target, list(command)))
         if command[:1] == ["conntrack"]:
             return ExecResult(0, self.conntrack.get(target, ""))
+        if command[:2] == ["python3", "-c"]:  # an `ask` step's client: the node's API answers in turn
+            answers = self.api.get(target, [])
+            return ExecResult(0, answers.pop(0) + "\n") if answers else ExecResult(3, "cannot ask: refused")
         return ExecResult(0, f"ran {' '.join(command)} on {target} (198.18.0.3)")
 
     def collect(self, dest: Path) -> list[Path]:

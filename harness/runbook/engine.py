@@ -13,6 +13,7 @@ names a SUT or its checkpoints: they come from the runbook and the SUT files.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -74,6 +75,7 @@ class ScenarioRun:
         self.namespace: dict[str, dict[str, Any]] = {}
         self.last_start: dict[str, tuple[list[str], dict[str, str]]] = {}
         self.collected = False
+        self._recorded: dict[str, int] = {}  # report file -> lines written by `record`
         self.mono_start = clock.monotonic()
         self.wall_start = clock.wall()
         self.result = ScenarioResult(
@@ -193,6 +195,18 @@ class ScenarioRun:
         self.last_start[node] = (command, env)
         shown = " ".join(f"{k}={v}" for k, v in sorted(env.items()))
         return self.sanitiser.line(f"{' '.join(command)}  {shown}".strip())
+
+    def sut_of(self, node: str) -> str:
+        return self.topology.nodes[node].sut
+
+    def record(self, file: str, entry: Mapping[str, object]) -> str:
+        path = self.report_dir / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = self.sanitiser.line(json.dumps(entry, sort_keys=False))
+        with path.open("a") as handle:
+            handle.write(line + "\n")
+        self._recorded[file] = self._recorded.get(file, 0) + 1
+        return f"{file}:{self._recorded[file]}"
 
     # -- finalize --------------------------------------------------------------------------------------
 
