@@ -14,6 +14,7 @@ import pytest
 
 from harness.backends import create_backend
 from harness.backends.ssh import SshBackend, load_inventory
+from harness.backends.ssh.placement import hosts_to_connect, place_nodes
 from harness.errors import BadInput, SetupError
 from harness.models import Node, Topology
 
@@ -230,11 +231,35 @@ def test_create_backend_reports_inventory_errors(tmp_path):
 
 
 def test_nodes_map_by_name_then_role(tmp_path):
-    backend = SshBackend("r1", write(tmp_path, GOOD))
-    assert backend._plan(phase6_topology()) == {"relay": "relay-vm", "server": "home-pc", "client": "client-vps"}
-    named = GOOD.replace("    client-vps:", "    client:")
-    backend = SshBackend("r1", write(tmp_path, named, "named.yml"))
-    assert backend._plan(phase6_topology())["client"] == "client"
+    inventory = load_inventory(write(tmp_path, GOOD))
+    assert place_nodes(inventory, phase6_topology()) == {
+        "relay": "relay-vm",
+        "server": "home-pc",
+        "client": "client-vps",
+    }
+    named = load_inventory(write(tmp_path, GOOD.replace("    client-vps:", "    client:"), "named.yml"))
+    assert place_nodes(named, phase6_topology())["client"] == "client"
+
+
+def test_a_host_already_running_a_node_is_not_placed_again(tmp_path):
+    inventory = load_inventory(write(tmp_path, GOOD))
+    relay_only = Topology(nodes={"relay2": Node(role="relay")})
+    assert place_nodes(inventory, relay_only) == {"relay2": "relay-vm"}
+    with pytest.raises(BadInput, match="no host for runbook node 'relay2'"):
+        place_nodes(inventory, relay_only, taken=["relay-vm"])
+
+
+def test_jump_hosts_and_routers_are_connected_before_what_rides_on_them(tmp_path):
+    text = GOOD.replace(
+        "      ansible_host: client.example.net\n",
+        "      ansible_host: 10.0.0.7\n      dcutr_jump: bastion\n",
+    )
+    text += "    bastion:\n      ansible_host: 198.18.0.20\n      dcutr_role: jump\n"
+    inventory = load_inventory(write(tmp_path, text))
+    order = hosts_to_connect(inventory, place_nodes(inventory, phase6_topology()))
+    assert sorted(order) == ["bastion", "client-vps", "home-pc", "home-router", "relay-vm"]
+    assert order.index("home-pc") < order.index("home-router")  # the router is reached through home-pc
+    assert order.index("bastion") < order.index("client-vps")
 
 
 @pytest.mark.parametrize(
@@ -279,7 +304,7 @@ def test_provision_refuses_a_fleet_that_does_not_fit_before_connecting(tmp_path,
 
 def test_missing_key_file_is_named_at_provision(tmp_path):
     text = GOOD.replace("ansible_user: dcutr", "ansible_user: dcutr\n    ansible_ssh_private_key_file: keys/none")
-    backend = SshBackend("r1", write(tmp_path, text))
+    backend = SshBackend("r1", write(tmp_path, text), binaries=[])
     with pytest.raises(BadInput, match=r"host 'relay-vm': ansible_ssh_private_key_file .*keys/none: no such file"):
         backend.provision(phase6_topology())
 
@@ -300,7 +325,7 @@ def test_unreachable_host_is_one_line_naming_it(tmp_path):
       hosts:
         relay-vm: {{ansible_host: 127.0.0.1, ansible_port: {port}, dcutr_role: relay}}
     """
-    backend = SshBackend("r1", write(tmp_path, text), connect_timeout=2)
+    backend = SshBackend("r1", write(tmp_path, text), connect_timeout=2, binaries=[])
     with pytest.raises(SetupError) as caught:
         backend.provision(Topology(nodes={"relay": Node(role="relay")}))
     message = str(caught.value)
