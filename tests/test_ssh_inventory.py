@@ -6,6 +6,7 @@ sanitiser hints, `describe()`, and an unreachable host failing fast with one lin
 
 from __future__ import annotations
 
+import errno
 import socket
 import textwrap
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 
 from harness.backends import create_backend
 from harness.backends.ssh import SshBackend, load_inventory
+from harness.backends.ssh.backend import _NodeState
 from harness.backends.ssh.placement import hosts_to_connect, place_nodes
+from harness.backends.ssh.remote import connect_error
 from harness.errors import BadInput, SetupError
 from harness.models import Node, Topology
 
@@ -349,3 +352,44 @@ def test_sanitise_hints_and_describe_name_no_address(tmp_path):
     for secret in ("198.18", "192.168", "example.net", "dcutr", "home-pc"):
         assert secret not in described.replace("dcutr-lab", ""), described
     backend.close()
+
+
+def test_scrub_replaces_inventory_addresses_by_aliases_and_others_by_a_placeholder(tmp_path):
+    inventory = load_inventory(write(tmp_path, GOOD))
+    text = "ssh: connect to 198.18.0.11 via client.example.net failed; 203.0.113.9 answered"
+    assert inventory.scrub(text) == "ssh: connect to home-pc via client-vps failed; <address> answered"
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        pytest.param(socket.gaierror(-2, "Name or service not known"), ["cannot resolve its ansible_host"], id="dns"),
+        pytest.param(TimeoutError(), ["unreachable through jump host 'home-pc'", "no answer within 3s"], id="timeout"),
+        pytest.param(OSError(errno.EHOSTUNREACH, "No route"), ["no route to it"], id="no-route"),
+        pytest.param(
+            OSError(errno.EPERM, "denied talking to 192.168.1.1 from 10.1.2.3"),
+            ["PermissionError", "denied talking to home-router from <address>"],
+            id="other-scrubbed",
+        ),
+    ],
+)
+def test_connect_errors_name_the_host_and_why_never_its_address(tmp_path, error, words):
+    inventory = load_inventory(write(tmp_path, GOOD))
+    host = inventory.hosts["home-router"]
+    message = connect_error(inventory, host, tmp_path / "known_hosts", error, timeout=3)
+    assert "inventory.yml: host 'home-router' (port 22): " in message and "\n" not in message, message
+    for word in words:
+        assert word in message, message
+    assert "192.168" not in message and "10.1.2.3" not in message
+
+
+def test_log_lines_wait_for_their_end_even_across_a_split_character():
+    state = _NodeState("server", "home-pc")
+    text = "first\nsécond\nthird".encode()
+    cut = text.index("é".encode()) + 1  # inside the two bytes of é
+    state.feed(text[:cut])
+    assert state.lines == ["first"]
+    state.feed(text[cut:])
+    assert state.lines == ["first", "sécond"]
+    state.feed(b"\n")
+    assert state.lines == ["first", "sécond", "third"] and state.offset == len(text) + 1
