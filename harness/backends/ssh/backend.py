@@ -255,31 +255,37 @@ class SshBackend:
 
     # -- node processes --------------------------------------------------------------------------------------
 
-    def _node(self, node: str) -> tuple[_NodeState, RemoteHost]:
-        """A node's state and its host's connection; an unknown node is a BadInput naming the known ones."""
+    def _node(self, node: str) -> _NodeState:
         state = self._nodes.get(node)
         if state is None:
             raise BadInput(f"unknown node {node!r} (known: {', '.join(self._nodes)})")
-        return state, self._remote(state.host)
+        return state
+
+    def _read(self, state: _NodeState, suffix: str, offset: int = 0) -> bytes | None:
+        """The node's `<node><suffix>` file in the run directory, None while it does not exist."""
+        remote = self._remote(state.host)
+        return remote.read(f"{remote.run_dir}/{state.name}{suffix}", offset)
 
     def start(self, node: str, command: Sequence[str], env: Mapping[str, str]) -> None:
-        state, remote = self._node(node)
+        state = self._node(node)
         if not command:
             raise BadInput(f"node {node}: empty command")
         if state.started and self.exit_code(node) is None:
             self.stop(node)
+        remote = self._remote(state.host)
         remote.put(f"{remote.run_dir}/{node}.env", scripts.env_file(env).encode(), mode=0o600)
         remote.must(scripts.start_script(remote.run_dir, node, command), f"starting node {node}", timeout=30)
         state.started = True
 
     def stop(self, node: str, timeout: float = 5.0) -> None:
-        state, remote = self._node(node)
+        state = self._node(node)
         if state.started:
+            remote = self._remote(state.host)
             remote.run(scripts.stop_script(remote.run_dir, node, timeout), timeout=timeout + 15)
 
     def exit_code(self, node: str) -> int | None:
-        state, remote = self._node(node)
-        data = remote.read(f"{remote.run_dir}/{node}.exit") if state.started else None
+        state = self._node(node)
+        data = self._read(state, ".exit") if state.started else None
         if data is None:
             return None
         try:
@@ -288,16 +294,12 @@ class SshBackend:
             return -1
 
     def log_lines(self, node: str, start: int = 0) -> list[str]:
-        state, _ = self._node(node)
+        state = self._node(node)
         if state.started:
-            data = self._remote_log(state, state.offset)
+            data = self._read(state, ".log", state.offset)
             if data:
                 state.feed(data)
         return state.lines[start:]
-
-    def _remote_log(self, state: _NodeState, offset: int = 0) -> bytes | None:
-        remote = self._remote(state.host)
-        return remote.read(f"{remote.run_dir}/{state.name}.log", offset)
 
     def exec(self, target: str, command: Sequence[str], timeout: float = 30.0) -> ExecResult:
         if target in self._nodes:
@@ -342,7 +344,7 @@ class SshBackend:
         for name, state in self._nodes.items():
             path = dest / f"{name}.log"
             try:
-                data = self._remote_log(state) if state.started else b""
+                data = self._read(state, ".log") if state.started else b""
                 path.write_bytes(data or b"")
                 written.append(path)
             except Exception as error:
