@@ -6,6 +6,7 @@ sanitiser hints, `describe()`, and an unreachable host failing fast with one lin
 
 from __future__ import annotations
 
+import errno
 import socket
 import textwrap
 from pathlib import Path
@@ -14,6 +15,9 @@ import pytest
 
 from harness.backends import create_backend
 from harness.backends.ssh import SshBackend, load_inventory
+from harness.backends.ssh.backend import _NodeState
+from harness.backends.ssh.placement import hosts_to_connect, place_nodes
+from harness.backends.ssh.remote import connect_error
 from harness.errors import BadInput, SetupError
 from harness.models import Node, Topology
 
@@ -230,11 +234,35 @@ def test_create_backend_reports_inventory_errors(tmp_path):
 
 
 def test_nodes_map_by_name_then_role(tmp_path):
-    backend = SshBackend("r1", write(tmp_path, GOOD))
-    assert backend._plan(phase6_topology()) == {"relay": "relay-vm", "server": "home-pc", "client": "client-vps"}
-    named = GOOD.replace("    client-vps:", "    client:")
-    backend = SshBackend("r1", write(tmp_path, named, "named.yml"))
-    assert backend._plan(phase6_topology())["client"] == "client"
+    inventory = load_inventory(write(tmp_path, GOOD))
+    assert place_nodes(inventory, phase6_topology()) == {
+        "relay": "relay-vm",
+        "server": "home-pc",
+        "client": "client-vps",
+    }
+    named = load_inventory(write(tmp_path, GOOD.replace("    client-vps:", "    client:"), "named.yml"))
+    assert place_nodes(named, phase6_topology())["client"] == "client"
+
+
+def test_a_host_already_running_a_node_is_not_placed_again(tmp_path):
+    inventory = load_inventory(write(tmp_path, GOOD))
+    relay_only = Topology(nodes={"relay2": Node(role="relay")})
+    assert place_nodes(inventory, relay_only) == {"relay2": "relay-vm"}
+    with pytest.raises(BadInput, match="no host for runbook node 'relay2'"):
+        place_nodes(inventory, relay_only, taken=["relay-vm"])
+
+
+def test_jump_hosts_and_routers_are_connected_before_what_rides_on_them(tmp_path):
+    text = GOOD.replace(
+        "      ansible_host: client.example.net\n",
+        "      ansible_host: 10.0.0.7\n      dcutr_jump: bastion\n",
+    )
+    text += "    bastion:\n      ansible_host: 198.18.0.20\n      dcutr_role: jump\n"
+    inventory = load_inventory(write(tmp_path, text))
+    order = hosts_to_connect(inventory, place_nodes(inventory, phase6_topology()))
+    assert sorted(order) == ["bastion", "client-vps", "home-pc", "home-router", "relay-vm"]
+    assert order.index("home-pc") < order.index("home-router")  # the router is reached through home-pc
+    assert order.index("bastion") < order.index("client-vps")
 
 
 @pytest.mark.parametrize(
@@ -279,7 +307,7 @@ def test_provision_refuses_a_fleet_that_does_not_fit_before_connecting(tmp_path,
 
 def test_missing_key_file_is_named_at_provision(tmp_path):
     text = GOOD.replace("ansible_user: dcutr", "ansible_user: dcutr\n    ansible_ssh_private_key_file: keys/none")
-    backend = SshBackend("r1", write(tmp_path, text))
+    backend = SshBackend("r1", write(tmp_path, text), binaries=[])
     with pytest.raises(BadInput, match=r"host 'relay-vm': ansible_ssh_private_key_file .*keys/none: no such file"):
         backend.provision(phase6_topology())
 
@@ -300,7 +328,7 @@ def test_unreachable_host_is_one_line_naming_it(tmp_path):
       hosts:
         relay-vm: {{ansible_host: 127.0.0.1, ansible_port: {port}, dcutr_role: relay}}
     """
-    backend = SshBackend("r1", write(tmp_path, text), connect_timeout=2)
+    backend = SshBackend("r1", write(tmp_path, text), connect_timeout=2, binaries=[])
     with pytest.raises(SetupError) as caught:
         backend.provision(Topology(nodes={"relay": Node(role="relay")}))
     message = str(caught.value)
@@ -324,3 +352,44 @@ def test_sanitise_hints_and_describe_name_no_address(tmp_path):
     for secret in ("198.18", "192.168", "example.net", "dcutr", "home-pc"):
         assert secret not in described.replace("dcutr-lab", ""), described
     backend.close()
+
+
+def test_scrub_replaces_inventory_addresses_by_aliases_and_others_by_a_placeholder(tmp_path):
+    inventory = load_inventory(write(tmp_path, GOOD))
+    text = "ssh: connect to 198.18.0.11 via client.example.net failed; 203.0.113.9 answered"
+    assert inventory.scrub(text) == "ssh: connect to home-pc via client-vps failed; <address> answered"
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        pytest.param(socket.gaierror(-2, "Name or service not known"), ["cannot resolve its ansible_host"], id="dns"),
+        pytest.param(TimeoutError(), ["unreachable through jump host 'home-pc'", "no answer within 3s"], id="timeout"),
+        pytest.param(OSError(errno.EHOSTUNREACH, "No route"), ["no route to it"], id="no-route"),
+        pytest.param(
+            OSError(errno.EPERM, "denied talking to 192.168.1.1 from 10.1.2.3"),
+            ["PermissionError", "denied talking to home-router from <address>"],
+            id="other-scrubbed",
+        ),
+    ],
+)
+def test_connect_errors_name_the_host_and_why_never_its_address(tmp_path, error, words):
+    inventory = load_inventory(write(tmp_path, GOOD))
+    host = inventory.hosts["home-router"]
+    message = connect_error(inventory, host, tmp_path / "known_hosts", error, timeout=3)
+    assert "inventory.yml: host 'home-router' (port 22): " in message and "\n" not in message, message
+    for word in words:
+        assert word in message, message
+    assert "192.168" not in message and "10.1.2.3" not in message
+
+
+def test_log_lines_wait_for_their_end_even_across_a_split_character():
+    state = _NodeState("server", "home-pc")
+    text = "first\nsécond\nthird".encode()
+    cut = text.index("é".encode()) + 1  # inside the two bytes of é
+    state.feed(text[:cut])
+    assert state.lines == ["first"]
+    state.feed(text[cut:])
+    assert state.lines == ["first", "sécond"]
+    state.feed(b"\n")
+    assert state.lines == ["first", "sécond", "third"] and state.offset == len(text) + 1

@@ -6,6 +6,8 @@ The backend sends exactly these scripts over SSH (`sh -c SCRIPT`), so a bug in t
 from __future__ import annotations
 
 import os
+import platform
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.backends.ssh import WRAPPER, cleanup_script, env_file, start_script, stop_script
+from harness.backends.ssh.scripts import parse_facts, prepare_script, probe_script
 from harness.errors import BadInput
 
 
@@ -138,3 +141,29 @@ def test_cleanup_kills_running_nodes_and_removes_the_run_dir(run_dir):
     time.sleep(0.2)
     assert not any(alive(pid) for pid in pids)
     assert sh(cleanup_script(str(run_dir))).returncode == 0  # idempotent
+
+
+def test_probe_reports_home_machine_hostname_and_what_is_missing(tmp_path):
+    facts = parse_facts(sh(probe_script(router=False)).stdout)
+    values = dict(facts)
+    assert values["home"] == os.environ["HOME"]
+    assert values["machine"] == platform.machine()
+    assert values["hostname"] == platform.node()
+    assert [v for k, v in facts if k == "missing"] == []  # this machine has every prerequisite
+    # A host without setsid or sha256sum is told so, by name, one `missing=` a command.
+    (tmp_path / "sh").symlink_to(os.path.realpath("/bin/sh"))
+    env = {"PATH": str(tmp_path), "HOME": "/nowhere"}
+    done = subprocess.run([str(tmp_path / "sh"), "-c", probe_script(router=False)], env=env, capture_output=True)
+    missing = [v for k, v in parse_facts(done.stdout.decode()) if k == "missing"]
+    assert {"setsid", "timeout", "sha256sum", "mkdir"} <= set(missing) and "sh" not in missing
+    router = [v for k, v in parse_facts(sh(probe_script(router=True)).stdout) if k == "missing"]
+    assert router == []
+
+
+def test_prepare_makes_the_run_directory_private(tmp_path):
+    home = tmp_path / "home"
+    run_dir = home / ".dcutr-lab" / "my run"
+    assert sh(prepare_script(str(home), str(run_dir))).returncode == 0
+    assert (run_dir / "bin").is_dir()
+    assert stat.S_IMODE((home / ".dcutr-lab").stat().st_mode) == 0o700
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700  # umask 077: nothing in it readable by others
