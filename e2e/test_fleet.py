@@ -201,7 +201,7 @@ def test_phase6_over_ssh(fleet: Fleet, lab, run_dir: Path, scenario_id: str) -> 
         # The ground truth came over SSH from both routers, not from Docker.
         ground_truth = next(c for c in result.checkpoints if c.name == "conntrack.established")
         assert ground_truth.status == "met", ground_truth
-        assert {c["router"] for c in result.conntrack if c["required"]} == {"server-router", "client-router"}
+        assert {c.router for c in result.conntrack if c.required} == {"server-router", "client-router"}
     report = (run_dir / scenario_id / "report.md").read_text()
     for real in fleet.addresses.values():
         assert real not in report, "a real address reached the report"
