@@ -83,7 +83,7 @@ def test_cgnat_is_a_home_nat_behind_a_carrier_nat() -> None:
 
 
 def test_the_backend_sees_two_hops_for_cgnat_and_none_for_none() -> None:
-    from harness.backends.docker import router_hops
+    from harness.nat.topology import router_hops
 
     assert router_hops("cgnat") == [("router", "port-restricted"), ("carrier", "cgnat-carrier")]
     assert router_hops("none") == []
