@@ -248,7 +248,7 @@ def results_json(results: Sequence[ProbeResult], *, include_raw: bool = False) -
     return json.dumps([r.model_dump(mode="json", exclude=exclude) for r in results], indent=2)
 
 
-# -- orchestration (on a lab) --------------------------------------------------------------------------------
+# -- orchestration (on a lab) ------------------------------------------------------------------------------
 
 ProgressFn = Callable[[str], None]
 
