@@ -49,7 +49,7 @@ class RecordingLab:
         self.calls.append(("public_host", name))
         return FakeHost(name, "198.18.0.10", None, image)
 
-    def process(self, name, host, command, env, *, image=None) -> object:
+    def process(self, name, host, command, env, *, image) -> object:
         raise AssertionError("building a node starts no process")
 
     def exec(self, target, command, timeout=30.0):
