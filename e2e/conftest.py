@@ -18,8 +18,12 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from harness.backends.docker import DockerLab
 
 # Ryuk needs a pulled image; this lab has no registry. Must be set before testcontainers is imported.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -47,7 +51,7 @@ def images() -> dict[str, str]:
 
 
 @pytest.fixture
-def lab(images: dict[str, str]) -> Iterator[object]:
+def lab(images: dict[str, str]) -> Iterator[DockerLab]:
     """One isolated lab: its own run id, labels and transit subnet; everything removed on teardown."""
     from harness.backends.docker import DockerLab, sweep
 

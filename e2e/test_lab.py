@@ -15,6 +15,7 @@ import pytest
 from harness.backends.docker import DockerLab, sweep
 from harness.errors import BadInput, SetupError
 from harness.labels import LABEL_RUN
+from harness.nat.profiles import ROUTER_SYSCTLS
 
 pytestmark = pytest.mark.docker
 
@@ -43,6 +44,19 @@ def test_close_removes_routers_hosts_and_networks(images):
     lab.close()
     assert _objects(lab.client, lab.run_id) == (0, 0)
     lab.close()  # idempotent
+
+
+def test_routers_run_with_the_router_sysctls(lab):
+    """The router container's kernel has every sysctl of ROUTER_SYSCTLS (Docker applies them at create)."""
+    router = lab.router("r", "port-restricted")
+    kernel = {
+        key: lab.must(router.name, ["cat", f"/proc/sys/{key.replace('.', '/')}"], key).strip() for key in ROUTER_SYSCTLS
+    }
+    assert kernel == dict(ROUTER_SYSCTLS)
+    assert kernel["net.ipv4.ip_forward"] == "1"
+    assert kernel["net.ipv4.conf.all.rp_filter"] == "0"
+    assert kernel["net.ipv4.conf.default.rp_filter"] == "0"
+    assert kernel["net.netfilter.nf_conntrack_tcp_loose"] == "0"
 
 
 def test_unknown_nat_profile_fails_before_anything_starts(images):

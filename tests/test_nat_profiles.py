@@ -67,9 +67,15 @@ def test_only_openwrt_resets_unsolicited_inbound() -> None:
 
 
 def test_symmetric_randomises_ports_and_the_rest_preserve_them() -> None:
+    """What `port_preservation` says is what the ruleset does: only a non-preserving hop masquerades randomly."""
+    from harness.nat.render import render_ruleset
+
+    addresses = {"wan_if": "eth0", "wan_ip": "198.18.0.10", "lan_if": "lan0", "lan_subnet": "192.168.1.0/24"}
     for name in profile_names():
         cfg = get_profile(name)
         assert cfg.port_preservation is (name != "symmetric"), name
+        for hop in cfg.hops():
+            assert ("fully-random" in render_ruleset(hop, **addresses)) is (not hop.port_preservation), hop.name
 
 
 def test_cgnat_is_a_home_nat_behind_a_carrier_nat() -> None:
@@ -82,18 +88,28 @@ def test_cgnat_is_a_home_nat_behind_a_carrier_nat() -> None:
     assert cfg.is_nat
 
 
-def test_the_backend_sees_two_hops_for_cgnat_and_none_for_none() -> None:
-    from harness.backends.docker import router_hops
+@pytest.mark.parametrize(
+    ("chain", "label", "unsolicited"),
+    [
+        (("full-cone", "symmetric"), "APDM/APDF", Unsolicited.drop),
+        (("full-cone", "restricted-cone"), "EIM/ADF", Unsolicited.drop),
+        (("openwrt-fw4", "port-restricted"), "EIM/APDF", Unsolicited.drop),
+        (("port-restricted", "openwrt-fw4"), "EIM/APDF", Unsolicited.reject_rst),
+    ],
+)
+def test_a_chain_is_as_strict_as_its_strictest_hop_and_meets_strangers_at_its_outermost(
+    chain: tuple[str, ...], label: str, unsolicited: Unsolicited
+) -> None:
+    cfg = NatConfig(name="custom-chain", mapping=None, filtering=None, chain=chain)
+    assert cfg.is_nat and [hop.name for hop in cfg.hops()] == list(chain)
+    assert cfg.label == label
+    assert cfg.effective_unsolicited() is unsolicited
 
-    assert router_hops("cgnat") == [("router", "port-restricted"), ("carrier", "cgnat-carrier")]
-    assert router_hops("none") == []
-    assert router_hops("symmetric") == [("router", "symmetric")]
 
-
-def test_configs_are_frozen() -> None:
-    cfg = get_profile("full-cone")
-    with pytest.raises(pydantic.ValidationError):
-        cfg.hairpin = False  # type: ignore[misc]
+def test_rfc4787_abbreviations() -> None:
+    assert [m.short for m in Mapping] == ["EIM", "ADM", "APDM"]
+    assert [f.short for f in Filtering] == ["EIF", "ADF", "APDF"]
+    assert NatConfig(name="routed", mapping=None, filtering=None).label == "routed"
 
 
 @pytest.mark.parametrize(
@@ -110,11 +126,8 @@ def test_combinations_without_a_ruleset_are_refused(mapping, filtering, hairpin)
         NatConfig(name="x", mapping=mapping, filtering=filtering, hairpin=hairpin)
 
 
-def test_router_sysctls() -> None:
-    assert ROUTER_SYSCTLS["net.ipv4.ip_forward"] == "1"
-    assert ROUTER_SYSCTLS["net.ipv4.conf.all.rp_filter"] == "0"
-    assert ROUTER_SYSCTLS["net.ipv4.conf.default.rp_filter"] == "0"
-    assert ROUTER_SYSCTLS["net.netfilter.nf_conntrack_tcp_loose"] == "0"
-    # Docker accepts only namespaced sysctls for a container: net.* ones
+def test_router_sysctls_are_ones_docker_accepts_for_a_container() -> None:
+    # Docker accepts only namespaced sysctls for a container (net.*), as strings; that the routers' kernels
+    # really run with them is checked on Docker (e2e/test_lab.py).
     assert all(key.startswith("net.") for key in ROUTER_SYSCTLS)
     assert all(isinstance(value, str) for value in ROUTER_SYSCTLS.values())

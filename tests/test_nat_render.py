@@ -129,5 +129,12 @@ def test_bad_addresses_are_bad_input(overrides: dict[str, str]) -> None:
         render("port-restricted", **overrides)
 
 
-def test_rendering_is_pure() -> None:
-    assert render("full-cone") == render("full-cone")
+def test_rendering_keeps_no_state_between_calls() -> None:
+    """One router's addresses never leak into the next ruleset, and the shared preset is left as it was."""
+    first = render("full-cone")
+    before = get_profile("full-cone").model_dump()
+    other = render("full-cone", wan_if="wan3", wan_ip="198.19.2.2", lan_if="lan3", lan_subnet="10.3.0.0/24")
+    assert "198.19.2.2" in other and "198.18.0.10" not in other
+    render("restricted-cone", wan_ip="198.19.3.3")
+    assert render("full-cone") == first
+    assert get_profile("full-cone").model_dump() == before

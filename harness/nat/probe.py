@@ -12,7 +12,8 @@ image): the prober measures and prints raw observations; `classify` turns them i
 - unmapped: a SYN to a WAN port no mapping claims: dropped, or answered with a reset by the router itself.
 - hairpin: the prober dials its own external mapping.
 
-`probe_profiles(names, lab=...)` runs it on a `harness.backends.docker.DockerLab`; everything else here is pure.
+`probe_profiles(names, lab=...)` runs it on a lab shaped like `harness.nat.topology.NatLab` (the Docker backend's
+`DockerLab`); everything else here is pure.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, computed_field
 
 from harness.errors import LabError, SetupError
 from harness.nat.profiles import Filtering, Mapping, NatConfig, Unsolicited, get_profile
+from harness.nat.topology import HostT, NatLab, RouterT, node_host, router_chain
 
 OBSERVER_PORTS = (3478, 3479)
 MAP_PORT = 40100
@@ -246,7 +248,7 @@ def results_json(results: Sequence[ProbeResult], *, include_raw: bool = False) -
     return json.dumps([r.model_dump(mode="json", exclude=exclude) for r in results], indent=2)
 
 
-# -- orchestration (Docker) --------------------------------------------------------------------------------
+# -- orchestration (on a lab) ------------------------------------------------------------------------------
 
 ProgressFn = Callable[[str], None]
 
@@ -254,17 +256,15 @@ ProgressFn = Callable[[str], None]
 def probe_profiles(
     names: Sequence[str],
     *,
-    lab: Any,
+    lab: NatLab[RouterT, HostT],
     timeout: float = DIAL_TIMEOUT,
     progress: ProgressFn | None = None,
 ) -> list[ProbeResult]:
-    """Probe each profile in `lab` (a harness.backends.docker.DockerLab) and classify it.
+    """Probe each profile in `lab` and classify it.
 
     Creates two observers on transit, then per profile its router(s) and a prober host; they stay until
     the lab closes (the caller owns the lab).
     """
-    from harness.backends.docker import router_hops
-
     configs = [(name, get_profile(name)) for name in names]  # unknown names fail before anything starts
     say = progress or (lambda _message: None)
     image = lab.image("router")
@@ -281,14 +281,7 @@ def probe_profiles(
     results = []
     for name, cfg in configs:
         node = f"probe-{name}"
-        hops = router_hops(name)
-        if hops:
-            upstream = None
-            for suffix, hop_profile in reversed(hops):  # outermost first: its LAN must exist first
-                upstream = lab.router(f"{node}-{suffix}", hop_profile, upstream=upstream)
-            host = lab.private_host(node, upstream, image=image)
-        else:
-            host = lab.public_host(node, image=image)
+        node_host(lab, node, router_chain(lab, node, name), image=image)
         command = [
             "dcutr-probe",
             "probe",

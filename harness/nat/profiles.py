@@ -36,28 +36,28 @@ class NatProfileName(StrEnum):
     cgnat = "cgnat"
 
 
-class Mapping(StrEnum):
+_DEPENDENCE = {"endpoint-independent": "EI", "address-dependent": "AD", "address-and-port-dependent": "APD"}
+
+
+class _Dependence(StrEnum):
+    """What an RFC 4787 behaviour depends on: the same three degrees name a mapping and a filtering."""
+
+    @property
+    def short(self) -> str:
+        """The RFC's abbreviation: the degree's initials and the behaviour's (EIM, ADM, APDM; EIF, ADF, APDF)."""
+        return _DEPENDENCE[self.value] + type(self).__name__[0]
+
+
+class Mapping(_Dependence):
     endpoint_independent = "endpoint-independent"
     address_dependent = "address-dependent"
     address_and_port_dependent = "address-and-port-dependent"
 
-    @property
-    def short(self) -> str:
-        return {"endpoint-independent": "EIM", "address-dependent": "ADM", "address-and-port-dependent": "APDM"}[
-            self.value
-        ]
 
-
-class Filtering(StrEnum):
+class Filtering(_Dependence):
     endpoint_independent = "endpoint-independent"
     address_dependent = "address-dependent"
     address_and_port_dependent = "address-and-port-dependent"
-
-    @property
-    def short(self) -> str:
-        return {"endpoint-independent": "EIF", "address-dependent": "ADF", "address-and-port-dependent": "APDF"}[
-            self.value
-        ]
 
 
 class Unsolicited(StrEnum):

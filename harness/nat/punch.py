@@ -8,9 +8,11 @@ one side's SYN reaches the other's listener).
 
 Link latency matters: with none, a router that resets unsolicited SYNs (openwrt-fw4) often sees the other
 side's SYN before its own side's left and kills that attempt; on real links both SYNs are in flight at once.
-`wan_delay_ms` puts a delaying wire on each router's WAN (see DockerLab.router), as the runbook backend does.
+`wan_delay_ms` puts a delaying wire on the WAN of each side's outermost router (harness.nat.topology.router_chain,
+as the runbook backend does; on Docker see DockerLab.router).
 
-`expected_outcome` derives what RFC 4787 properties predict; `punch_pairs` measures it on a DockerLab.
+`expected_outcome` derives what RFC 4787 properties predict; `punch_pairs` measures it on a lab shaped like
+`harness.nat.topology.NatLab` (the Docker backend's `DockerLab`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, computed_field
 from harness.errors import SetupError
 from harness.nat.probe import OBSERVER_PORTS, parse_agent_output
 from harness.nat.profiles import Filtering, Mapping, NatConfig, Unsolicited, get_profile
+from harness.nat.topology import HostT, NatLab, RouterT, node_host, router_chain
 
 FIRST_LISTEN_PORT = 41000
 
@@ -124,7 +127,7 @@ def pairs_of(names: Sequence[str]) -> list[tuple[str, str]]:
 def punch_pairs(
     pairs: Sequence[tuple[str, str]],
     *,
-    lab: Any,
+    lab: NatLab[RouterT, HostT],
     trials: int = 1,
     attempts: int = 3,
     dial_timeout: float = 2.0,
@@ -133,15 +136,13 @@ def punch_pairs(
     wan_loss: float = 0.0,
     progress: Callable[[str], None] | None = None,
 ) -> list[PunchResult]:
-    """Measure each pair `trials` times on `lab` (a harness.backends.docker.DockerLab).
+    """Measure each pair `trials` times on `lab`.
 
     `skew` > 0 delays side b's dial by that many seconds after the rendezvous (side a's when < 0): the
     timing error a real DCUtR exchange has when its RTT estimate is off. `wan_delay_ms` and `wan_loss`
     (percent) shape the WAN link of each side's outermost router; the rendezvous stays on transit, like the
     relay of a run.
     """
-    from harness.backends.docker import router_hops
-
     say = progress or (lambda _message: None)
     for a, b in pairs:
         get_profile(a), get_profile(b)  # unknown names fail before anything starts
@@ -157,21 +158,8 @@ def punch_pairs(
         key = (profile, side)
         if key not in hosts:
             node = f"{side}-{profile}"
-            hops = router_hops(profile)
-            if hops:
-                upstream = None
-                for suffix, hop_profile in reversed(hops):
-                    outermost = upstream is None
-                    upstream = lab.router(
-                        f"{node}-{suffix}",
-                        hop_profile,
-                        upstream=upstream,
-                        wan_delay_ms=wan_delay_ms if outermost else 0.0,
-                        wan_loss=wan_loss if outermost else 0.0,
-                    )
-                lab.private_host(node, upstream, image=image)
-            else:
-                lab.public_host(node, image=image)
+            routers = router_chain(lab, node, profile, wan_delay_ms=wan_delay_ms, wan_loss=wan_loss)
+            node_host(lab, node, routers, image=image)
             hosts[key] = node
         return hosts[key]
 
