@@ -67,6 +67,7 @@ class RunContext(Protocol):
     logs: Mapping[str, NodeLog]
     namespace: dict[str, dict[str, object]]
     last_start: dict[str, tuple[list[str], dict[str, str]]]
+    waited: dict[str, int]  # node -> the line its latest wait matched
     poll_interval: float
 
     def now(self) -> float: ...
@@ -169,7 +170,13 @@ class RestartStep(_NodeStep):
 
 
 class WaitStep(Strict):
-    """Wait until a checkpoint is met on its node (since that node last started), or fail at the deadline."""
+    """Wait until a checkpoint is met on its node, or fail at the deadline.
+
+    Waits on one node are ordered: a wait only accepts a line after the one the node's previous wait matched
+    (and after the node's latest start), as the verdict's chain will. Otherwise an earlier look-alike (the
+    relay's `P2P Connected`) satisfies a wait for the direct one, the run collects before the real line is
+    written, and the verdict misses what the wait claimed.
+    """
 
     action: Literal["wait"]
     checkpoint: str
@@ -195,10 +202,13 @@ class WaitStep(Strict):
         }
         deadline = ctx.now() + self.within
 
+        after = max(log.session_start, ctx.waited.get(node, 0))
+
         def met() -> Hit | str:
-            outcome = find(log, checkpoint, expected=expected, after_line=log.session_start)
+            outcome = find(log, checkpoint, expected=expected, after_line=after)
             if isinstance(outcome, Hit):
                 bind(ctx.namespace, outcome)
+                ctx.waited[node] = outcome.line
                 return outcome
             return outcome.reason
 

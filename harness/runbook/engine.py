@@ -74,6 +74,7 @@ class ScenarioRun:
         self.logs: dict[str, NodeLog] = {}
         self.namespace: dict[str, dict[str, Any]] = {}
         self.last_start: dict[str, tuple[list[str], dict[str, str]]] = {}
+        self.waited: dict[str, int] = {}
         self.collected = False
         self._recorded: dict[str, int] = {}  # report file -> lines written by `record`
         self.mono_start = clock.monotonic()
