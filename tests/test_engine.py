@@ -231,3 +231,21 @@ def test_waits_on_one_node_are_ordered(phase4, tmp_path):
     third = [*steps[:3], wait, *steps[3:]]  # the relay prints only two listening lines: a third wait must fail
     result, _ = _run(phase4.model_copy(update={"steps": third}), "mixed_nat", lab(), tmp_path / "third")
     assert result.steps[3].status == "failed" and "not met within 5s" in result.steps[3].detail
+
+
+def test_a_negative_control_is_never_retried(phase4, tmp_path):
+    """A control that goes wrong on attempt 1 is FAIL at once: retrying it would let luck make it pass."""
+    clock = FakeClock()
+    made: list[FakeBackend] = []
+
+    def make(attempt: int) -> FakeBackend:
+        backend = lab(dcutr=True)  # a direct run: wrong for the symmetric control, which expects relayed
+        backend.clock = clock
+        clock.now = 0.0
+        made.append(backend)
+        return backend
+
+    repeat = run_repeated(phase4, "mixed_nat_symmetric_control", make, tmp_path, clock=clock, poll_interval=0.2)
+    assert len(made) == 1 and repeat.label == "FAIL" and repeat.final.verdict == Verdict.direct
+    counted = run_repeated(phase4, "mixed_nat_symmetric_control", make, tmp_path / "n", attempts=3, clock=clock)
+    assert len(counted.attempts) == 3  # --repeat N still records every attempt, for a rate

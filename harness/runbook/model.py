@@ -39,6 +39,11 @@ class Scenario(Strict):
     expect: ScenarioExpect
     why: str = ""
 
+    @property
+    def is_control(self) -> bool:
+        """A negative control: it expects anything but a direct path (relayed, fail, a measured rate)."""
+        return self.expect.verdict != ExpectedVerdict.direct
+
 
 class MatrixCell(Strict):
     expect: ExpectedVerdict

@@ -25,13 +25,17 @@ def run_repeated(
 ) -> RepeatResult:
     """Run a scenario with the bounded retry policy, or exactly `attempts` times for a success rate.
 
-    Without `attempts`: up to 3 attempts, stopping at the first one as expected (PASS, PASS-FLAKY, FAIL).
-    With `attempts=N`: N attempts whatever happens; the label still counts only the first 3.
+    Without `attempts`: up to 3 attempts, stopping at the first one as expected (PASS, PASS-FLAKY, FAIL); a
+    negative control (a scenario that expects anything but `direct`) is never retried: its first attempt is its
+    verdict, or a control that fails once could be retried until luck makes it pass.
+    With `attempts=N`: N attempts whatever happens, every one recorded; the label counts only the first 3.
     Each attempt gets a fresh backend from `make_backend(attempt)` (closed here) and its own
     `report_dir/attempt-<n>/`.
     """
     results: list[ScenarioResult] = []
-    total = attempts if attempts is not None else MAX_ATTEMPTS
+    scenario = runbook.scenarios_by_id.get(scenario_id)
+    control = scenario is not None and scenario.is_control
+    total = attempts if attempts is not None else (1 if control else MAX_ATTEMPTS)
     for number in range(1, total + 1):
         backend = make_backend(number)
         try:
