@@ -163,6 +163,9 @@ class Sut(Strict):
     phases: list[Phase] = Field(default_factory=list, description="the timings a report shows for this SUT")
     build: SutBuild | None = None
     api: SutApi | None = None
+    log_names: dict[Role, list[str]] = Field(
+        default_factory=dict, description="file stems this SUT's own labs give each role's log (verify finds them)"
+    )
 
     @property
     def programs(self) -> list[str]:

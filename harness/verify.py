@@ -17,7 +17,7 @@ from harness.chains import evaluate_chain
 from harness.checkpoints import NodeLog
 from harness.conntrack import ConntrackGroundTruth
 from harness.errors import BadInput
-from harness.models import ChainItem, ExpectedVerdict, Node, Role, ScenarioExpect, Topology
+from harness.models import ChainItem, ExpectedVerdict, Node, Role, ScenarioExpect, Sut, Topology
 from harness.results import RouterTable, ScenarioResult, phase_timings, records
 from harness.sanitise import Sanitiser
 from harness.sut import get_sut
@@ -38,15 +38,32 @@ class Verification:
     result: ScenarioResult | None = None  # written when a report was asked for
 
 
-def discover_logs(directory: Path, nodes: Sequence[str] = DEFAULT_NODES) -> dict[str, Path]:
-    """One file per node: `<node>.log` first, else the only file whose name contains the node name."""
+def discover_logs(
+    directory: Path,
+    nodes: Sequence[str] = DEFAULT_NODES,
+    *,
+    sut: Sut | None = None,
+    given: Mapping[str, str] | None = None,
+) -> dict[str, Path]:
+    """One file per node: `given` (NAME=FILE, relative to `directory`) first; for the other nodes `<node>.log`,
+    then the names the SUT's own labs use (kaspad's `kaspa-a.log`), then the only file naming the node."""
     directory = Path(directory)
     if not directory.is_dir():
         raise BadInput(f"{directory}: not a directory")
-    files = [p for p in sorted(directory.iterdir()) if p.is_file() and p.suffix in LOG_SUFFIXES]
     found: dict[str, Path] = {}
+    for node, file in (given or {}).items():
+        path = Path(file) if Path(file).is_absolute() else directory / file
+        if not path.is_file():
+            raise BadInput(f"--node {node}={file}: no such file {path}")
+        found[node] = path
+    taken = set(found.values())
+    files = [p for p in sorted(directory.iterdir()) if p.is_file() and p.suffix in LOG_SUFFIXES and p not in taken]
+    aliases = {role.value: names for role, names in (sut.log_names if sut else {}).items()}
     for node in nodes:
-        exact = [p for p in files if p.stem == node]
+        if node in found:
+            continue
+        stems = [node, *aliases.get(node, [])]
+        exact = [p for p in files if p.stem in stems]
         if exact:
             found[node] = exact[0]
             continue

@@ -20,7 +20,10 @@ def verify(
     logs: Annotated[Path, typer.Option("--logs", "-l", help="Directory with one log per node (relay/server/client).")],
     sut: Annotated[str, typer.Option("--sut", help="Checkpoint set: reference, rusty-kaspa-poc, kaspad-bridge.")],
     node: Annotated[
-        list[str] | None, typer.Option("--node", help="NAME=FILE when a log's name does not say its node (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--node", help="NAME=FILE (relative to --logs) for a log whose name does not say its node; repeatable."
+        ),
     ] = None,
     runbook: Annotated[
         Path | None, typer.Option("--runbook", help="Use this runbook's expect step, not the SUT's.")
@@ -46,7 +49,9 @@ def verify(
         expected = ScenarioExpect(verdict=ExpectedVerdict(expect))
     except ValueError:
         raise BadInput(f"--expect {expect!r}: use direct, relayed, fail or flaky") from None
-    files = _explicit(node or []) or discover_logs(logs)
+    from harness.sut import get_sut
+
+    files = discover_logs(logs, sut=get_sut(sut), given=_pairs(node or []))
     direct = relayed = None
     skew = 2.0
     if runbook is not None:
@@ -81,16 +86,14 @@ def verify(
         raise LabError(f"verdict {result.verdict.value}, expected {expect}")
 
 
-def _explicit(pairs: list[str]) -> dict[str, Path]:
-    files: dict[str, Path] = {}
+def _pairs(pairs: list[str]) -> dict[str, str]:
+    given: dict[str, str] = {}
     for pair in pairs:
         name, sep, file = pair.partition("=")
         if not sep or not name or not file:
-            raise BadInput(f"--node {pair!r}: write NAME=FILE")
-        if not Path(file).is_file():
-            raise BadInput(f"--node {pair!r}: no such file {file}")
-        files[name] = Path(file)
-    return files
+            raise BadInput(f"--node {pair!r}: write NAME=FILE (FILE relative to --logs)")
+        given[name] = file
+    return given
 
 
 def _table(result) -> Table:
