@@ -3,13 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# mmdebstrap for the offline base image, nftables/conntrack for host-side checks; protobuf-compiler, clang and
+# libclang-dev build the fork's kaspad (the kaspad-bridge SUT file's build.packages).
 need_apt=()
-for tool in mmdebstrap nft conntrack; do
+for tool in mmdebstrap nft conntrack protoc clang; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
+dpkg-query -W -f='${Status}' libclang-dev 2>/dev/null | grep -q "install ok installed" || need_apt+=(libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages (${need_apt[*]})"
-  pkgs=(mmdebstrap nftables conntrack)
+  pkgs=(mmdebstrap nftables conntrack protobuf-compiler clang libclang-dev)
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}" >/dev/null
