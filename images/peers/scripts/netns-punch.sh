@@ -25,6 +25,8 @@ RELAY_PID=""
 SERVER_PID=""
 
 ns() { ip netns exec "$P-$1" "${@:2}"; }
+# Background peers are started with `ip netns exec` itself, not through ns(): a function runs in a forked
+# subshell, so $! would be that shell and SIGTERM would never reach the peer.
 
 stop_peers() {
     for pid in $SERVER_PID $RELAY_PID; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -35,7 +37,13 @@ stop_peers() {
 
 down() {
     stop_peers
-    for n in $NODES; do ip netns del "$P-$n" 2>/dev/null || true; done
+    # Anything still running inside a namespace would keep it alive after `ip netns del` (unlisted).
+    for n in $NODES; do
+        local pids
+        pids=$(ip netns pids "$P-$n" 2>/dev/null || true)
+        [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+        ip netns del "$P-$n" 2>/dev/null || true
+    done
 }
 trap down EXIT
 
@@ -111,15 +119,15 @@ run() {
     esac
     local dir=$OUT/$name
     mkdir -p "$dir"
-    ns t env LIBP2P_LISTEN_MULTIADDRS=/ip4/198.18.0.10/tcp/4011 LIBP2P_IDENTITY_SEED=netns-relay \
+    ip netns exec "$P-t" env LIBP2P_LISTEN_MULTIADDRS=/ip4/198.18.0.10/tcp/4011 LIBP2P_IDENTITY_SEED=netns-relay \
         "$BIN/kaspa_p2p_relay" >"$dir/relay.log" 2>"$dir/relay.err" &
     RELAY_PID=$!
-    for _ in $(seq 50); do grep -q '"listening"' "$dir/relay.log" && break; sleep 0.1; done
+    for _ in $(seq 50); do grep -qs '"listening"' "$dir/relay.log" && break; sleep 0.1; done
     local relay="/ip4/198.18.0.10/tcp/4011/p2p/$(peer_id "$dir/relay.log")"
-    ns s env LIBP2P_RELAY_MULTIADDRS="$relay" LIBP2P_IDENTITY_SEED=netns-server "${server_env[@]}" \
+    ip netns exec "$P-s" env LIBP2P_RELAY_MULTIADDRS="$relay" LIBP2P_IDENTITY_SEED=netns-server "${server_env[@]}" \
         "$BIN/kaspa_p2p_server" >"$dir/server.log" 2>"$dir/server.err" &
     SERVER_PID=$!
-    for _ in $(seq 100); do grep -q '"reservation_accepted"' "$dir/server.log" && break; sleep 0.1; done
+    for _ in $(seq 100); do grep -qs '"reservation_accepted"' "$dir/server.log" && break; sleep 0.1; done
     local server
     server=$(peer_id "$dir/server.log")
     local code=0

@@ -4,11 +4,14 @@
 //!
 //! Logs are the lab's contract: one JSON object a line on stdout (see [`events`]), human lines on stderr.
 
+pub mod client;
 pub mod config;
+pub mod connection_id;
 pub mod events;
 pub mod identity;
 pub mod kaspa;
 pub mod node;
+pub mod peer;
 pub mod streams;
 
 pub mod protowire {

@@ -1,5 +1,6 @@
-//! What the three binaries share: swarm construction, start-up (settings, identity, signals) and the
-//! events every node logs about its connections.
+//! What the three binaries share: swarm construction, start-up (settings, identity, signals), the events
+//! every node logs about its connections, and multiaddr helpers. What only the two private peers share (the
+//! handling of their swarm events) is in [`crate::peer`].
 
 use std::error::Error;
 use std::time::Duration;
@@ -15,8 +16,9 @@ use libp2p::{
 use serde_json::json;
 
 use crate::config::{self, ConfigError, Parsed, Setting, Source};
+use crate::connection_id::number as connection_number;
 use crate::events::{emit, set_node};
-use crate::streams::{self, connection_number, remote_of};
+use crate::streams::{self, remote_of};
 
 pub const IDENTIFY_PROTOCOL: &str = "/kaspa-dcutr-lab/1.0.0";
 
@@ -55,6 +57,21 @@ pub fn or_exit<T>(binary: &str, result: Result<T, ConfigError>) -> T {
     result.unwrap_or_else(|error| bad_input(binary, &error))
 }
 
+fn tcp_config() -> tcp::Config {
+    tcp::Config::default().nodelay(true)
+}
+
+fn identify_behaviour(key: &Keypair) -> identify::Behaviour {
+    identify::Behaviour::new(identify::Config::new(
+        IDENTIFY_PROTOCOL.into(),
+        key.public(),
+    ))
+}
+
+fn ping_behaviour() -> ping::Behaviour {
+    ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)))
+}
+
 #[derive(NetworkBehaviour)]
 pub struct PeerBehaviour {
     pub relay_client: relay::client::Behaviour,
@@ -74,22 +91,15 @@ pub fn peer_swarm(
 ) -> Result<Swarm<PeerBehaviour>, Box<dyn Error>> {
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
+        .with_tcp(tcp_config(), noise::Config::new, yamux::Config::default)?
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(|key, relay_client| PeerBehaviour {
             relay_client,
             dcutr: Toggle::from(
                 dcutr_enabled.then(|| dcutr::Behaviour::new(key.public().to_peer_id())),
             ),
-            identify: identify::Behaviour::new(identify::Config::new(
-                IDENTIFY_PROTOCOL.into(),
-                key.public(),
-            )),
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+            identify: identify_behaviour(key),
+            ping: ping_behaviour(),
             kaspa: streams::Behaviour::new(relay_addrs),
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -107,11 +117,7 @@ pub struct RelayBehaviour {
 pub fn relay_swarm(key: Keypair, idle: Duration) -> Result<Swarm<RelayBehaviour>, Box<dyn Error>> {
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
+        .with_tcp(tcp_config(), noise::Config::new, yamux::Config::default)?
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
             // A lab relay: room for a relayed Kaspa handshake and session (the fallback path; the defaults
@@ -130,13 +136,8 @@ pub fn relay_swarm(key: Keypair, idle: Duration) -> Result<Swarm<RelayBehaviour>
             };
             RelayBehaviour {
                 relay: relay::Behaviour::new(peer_id, config),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    IDENTIFY_PROTOCOL.into(),
-                    key.public(),
-                )),
-                ping: ping::Behaviour::new(
-                    ping::Config::new().with_interval(Duration::from_secs(5)),
-                ),
+                identify: identify_behaviour(key),
+                ping: ping_behaviour(),
             }
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -282,30 +283,6 @@ pub fn reuses_port_towards(listen: &Multiaddr, target: &Multiaddr) -> bool {
     }
 }
 
-/// How long a peer waits for a listen address that makes dials reuse the listening port before it dials the
-/// relays anyway (from an ephemeral port, which DCUtR can rarely punch to).
-pub const PORT_REUSE_GRACE: Duration = Duration::from_secs(2);
-
-/// Dials every relay once (each dial is logged when it fails to start).
-pub fn dial_relays<B: NetworkBehaviour>(
-    swarm: &mut Swarm<B>,
-    relays: &std::collections::HashMap<PeerId, Multiaddr>,
-    failed_event: &str,
-) {
-    for (peer, addr) in relays {
-        if let Err(error) = swarm.dial(addr.clone()) {
-            emit(
-                failed_event,
-                json!({
-                    "relay_peer_id": peer.to_string(),
-                    "relay_addr": addr.to_string(),
-                    "reason": error.to_string(),
-                }),
-            );
-        }
-    }
-}
-
 /// Requires every relay multiaddr to name its relay (`/p2p/<id>`).
 pub fn relay_peers(
     setting: &Setting,
@@ -338,6 +315,15 @@ pub async fn termination() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Resolves with the reason to stop a relay or server: `signal` (SIGTERM/SIGINT), or `run time elapsed` after
+/// `run_for` (never when it is zero). Both exit 0.
+pub async fn stop_reason(run_for: Duration) -> &'static str {
+    tokio::select! {
+        () = termination() => "signal",
+        () = run_deadline(run_for) => "run time elapsed",
+    }
 }
 
 pub fn shutdown(reason: &str, code: i32) -> ! {

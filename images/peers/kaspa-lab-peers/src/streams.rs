@@ -22,6 +22,8 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId, Stream};
 
+use crate::connection_id;
+
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/kaspa/p2p/bridge/1.0");
 
 /// What the lab needs to know about the connection a stream runs on.
@@ -35,12 +37,8 @@ pub struct ConnectionInfo {
 
 impl ConnectionInfo {
     pub fn connection_number(&self) -> u64 {
-        connection_number(self.connection_id)
+        connection_id::number(self.connection_id)
     }
-}
-
-pub fn connection_number(id: ConnectionId) -> u64 {
-    id.to_string().parse().unwrap_or(0)
 }
 
 pub fn is_relayed(addr: &Multiaddr) -> bool {

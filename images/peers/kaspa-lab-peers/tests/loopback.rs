@@ -564,7 +564,11 @@ fn server_started_before_the_relay_gets_its_reservation() {
             ("LIBP2P_IDENTITY_SEED", SERVER_SEED.into()),
         ],
     );
-    server.wait_for("failed reservation", |e| e["event"] == "reservation_failed");
+    // The relay is not up yet: the server could not reach it (not a refused reservation) and retries.
+    let unreachable = server.wait_for("failed relay dial", |e| e["event"] == "relay_dial_failed");
+    assert_eq!(unreachable["relay_peer_id"], relay_id.to_string().as_str());
+    assert_eq!(unreachable["retry_in_secs"], 2);
+    assert!(find(&server.events(), "reservation_failed").is_empty());
     let _relay = spawn(
         env!("CARGO_BIN_EXE_kaspa_p2p_relay"),
         "early-relay.log",

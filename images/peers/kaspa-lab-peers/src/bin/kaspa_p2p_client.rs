@@ -7,32 +7,30 @@ use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU8;
 use std::time::Duration;
 
-use futures::StreamExt;
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{identify, Multiaddr, PeerId};
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
+use kaspa_lab_peers::client::{Action, Client, Input, Settings, Source};
 use kaspa_lab_peers::config::{
     ConfigError, DCUTR, DIRECT_DEADLINE, FALLBACK, IDLE, KEY_FILE, LISTEN, NETWORK, PING_STREAMS,
     RELAYS, REMOTE_ADDRS, REMOTE_PEER, SEED, SESSION,
 };
+use kaspa_lab_peers::connection_id;
 use kaspa_lab_peers::events::emit;
 use kaspa_lab_peers::identity;
 use kaspa_lab_peers::kaspa::{self, KaspaIo, Local};
-use kaspa_lab_peers::node::{self, or_exit, PeerBehaviourEvent};
+use kaspa_lab_peers::node::{self, or_exit};
+use kaspa_lab_peers::peer::{Peer, PeerEvent};
 use kaspa_lab_peers::streams::{self, is_relayed};
 
 const BINARY: &str = "kaspa_p2p_client";
-/// How long to wait for the relay's identify (our observed address) before dialling the server anyway.
-const OBSERVE_GRACE: Duration = Duration::from_secs(5);
-/// No relayed connection to the server by then: the run has failed.
-const REACH_DEADLINE: Duration = Duration::from_secs(30);
-/// How long a direct connection opened by the server's DCUtR dial waits for our own DCUtR result.
-const INBOUND_GRACE: Duration = Duration::from_secs(1);
 
-type StreamRequest = (ConnectionId, oneshot::Sender<Result<KaspaIo, String>>);
+type Reply = oneshot::Sender<Result<KaspaIo, String>>;
+type StreamRequest = (ConnectionId, Reply);
 
 struct Plan {
     local: Local,
@@ -112,13 +110,7 @@ async fn main() {
     };
     let idle = or_exit(BINARY, source.seconds(&IDLE, 300.0));
     let key = or_exit(BINARY, identity::load(&source));
-    let me = key.public().to_peer_id();
-    let relay_list: Vec<Multiaddr> = relays.values().cloned().collect();
-    let mut swarm = match node::peer_swarm(key, dcutr, idle, &relay_list) {
-        Ok(swarm) => swarm,
-        Err(error) => node::shutdown(&format!("swarm: {error}"), 1),
-    };
-    node::log_peer_id(&me);
+    let mut peer = Peer::start(key, dcutr, idle, relays);
     emit(
         "config",
         json!({
@@ -130,227 +122,183 @@ async fn main() {
             "remote_peer_id": remote.to_string(),
         }),
     );
-    node::listen_all(&mut swarm, BINARY, listen);
+    node::listen_all(&mut peer.swarm, BINARY, listen);
 
     let (open_tx, mut open_rx) = mpsc::channel::<StreamRequest>(64);
     let (done_tx, mut done_rx) = mpsc::channel::<Result<(), String>>(1);
-    let mut waiting: HashMap<ConnectionId, VecDeque<oneshot::Sender<Result<KaspaIo, String>>>> =
-        HashMap::new();
-    let mut run = Run {
+    let mut driver = Driver {
+        peer,
+        remote,
+        remote_addrs,
         plan: Some(plan),
-        relayed_conn: None,
-        session_conn: None,
         open_tx,
         done_tx,
+        waiting: StreamRequests::default(),
     };
-
-    let mut dialed_relays = false;
-    let mut dialed_remote = false;
-    // A direct connection the server's DCUtR dial opened towards us (inbound here), waiting for our own
-    // DCUtR result before we use it.
-    let mut inbound_direct: Option<ConnectionId> = None;
-
+    let settings = Settings {
+        remote,
+        dcutr,
+        fallback,
+        direct_deadline,
+    };
+    let mut client = Client::new(settings, Instant::now());
     let stop = node::termination();
     tokio::pin!(stop);
-    let never = || node::run_deadline(Duration::ZERO);
-    let observe = never();
-    tokio::pin!(observe);
-    let reach = tokio::time::sleep(REACH_DEADLINE + OBSERVE_GRACE);
-    tokio::pin!(reach);
-    let direct = never();
-    tokio::pin!(direct);
-    let reuse_grace = never();
-    tokio::pin!(reuse_grace);
-    let mut grace_armed = false;
-    let inbound_grace = never();
-    tokio::pin!(inbound_grace);
-
-    let dial_remote = |swarm: &mut libp2p::Swarm<node::PeerBehaviour>, dialed: &mut bool| {
-        if std::mem::replace(dialed, true) {
-            return;
-        }
-        // One address at a time, in the order given.
-        emit(
-            "dialing",
-            json!({
-                "peer_id": remote.to_string(),
-                "addrs": remote_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            }),
-        );
-        let opts = DialOpts::peer_id(remote)
-            .addresses(remote_addrs.clone())
-            .override_dial_concurrency_factor(NonZeroU8::MIN)
-            .build();
-        if let Err(error) = swarm.dial(opts) {
-            emit(
-                "dial_failed",
-                json!({ "peer_id": remote.to_string(), "reason": error.to_string() }),
-            );
-            node::shutdown("could not dial the server", 1);
-        }
-    };
-
+    let wake = node::run_deadline(Duration::ZERO);
+    tokio::pin!(wake);
     loop {
-        tokio::select! {
+        if let Some(at) = client.wake_at() {
+            if wake.deadline() != at {
+                wake.as_mut().reset(at);
+            }
+        }
+        let input = tokio::select! {
             _ = &mut stop => node::shutdown("signal", 0),
-            _ = &mut reuse_grace, if grace_armed && !dialed_relays => {
-                dialed_relays = true;
-                emit("port_reuse_unavailable", json!({
-                    "reason": "no listen address of the relays' address family and scope: dialling them from an ephemeral port",
-                }));
-                node::dial_relays(&mut swarm, &relays, "relay_dial_failed");
-                observe.as_mut().reset(tokio::time::Instant::now() + OBSERVE_GRACE);
-            }
-            _ = &mut observe, if !dialed_remote => {
-                dial_remote(&mut swarm, &mut dialed_remote);
-            }
-            _ = &mut reach, if run.relayed_conn.is_none() && run.session_conn.is_none() => {
-                node::shutdown("no relayed connection to the server", 1);
-            }
-            _ = &mut inbound_grace, if inbound_direct.is_some() && run.session_conn.is_none() => {
-                if let Some(conn) = inbound_direct.take() {
-                    run.adopt(&mut swarm, conn, "inbound");
-                }
-            }
-            _ = &mut direct, if run.relayed_conn.is_some() && run.session_conn.is_none() => {
-                if let Some(conn) = inbound_direct.take() {
-                    run.adopt(&mut swarm, conn, "inbound");
-                    continue;
-                }
-                let reason = format!("no direct connection within {:.1}s of the relayed one", direct_deadline.as_secs_f64());
-                match (fallback, run.relayed_conn) {
-                    (true, Some(conn)) => {
-                        emit("relay_fallback", json!({ "reason": reason, "connection_id": streams::connection_number(conn) }));
-                        run.start(conn);
-                    }
-                    _ => node::shutdown(&reason, 1),
-                }
-            }
+            () = &mut wake, if client.wake_at().is_some() => Input::Tick,
             Some((conn, reply)) = open_rx.recv() => {
-                if swarm.behaviour_mut().kaspa.open(conn) {
-                    waiting.entry(conn).or_default().push_back(reply);
-                } else {
-                    let _ = reply.send(Err(format!("connection {conn} is gone")));
-                }
+                driver.waiting.open(&mut driver.peer, conn, reply);
+                continue;
             }
-            Some(result) = done_rx.recv() => match result {
-                Ok(()) => node::shutdown("session complete", 0),
-                Err(reason) => {
-                    emit("handshake_failed", json!({ "peer_id": remote.to_string(), "reason": reason }));
-                    node::shutdown(&reason, 1);
-                }
+            Some(result) = done_rx.recv() => Input::SessionEnded(result),
+            event = driver.peer.next() => match driver.input(event) {
+                Some(input) => input,
+                None => continue,
             },
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    emit("listening", json!({ "addr": address.to_string(), "peer_id": me.to_string() }));
-                    if !dialed_relays && relays.values().any(|r| node::reuses_port_towards(&address, r)) {
-                        dialed_relays = true;
-                        node::dial_relays(&mut swarm, &relays, "relay_dial_failed");
-                        observe.as_mut().reset(tokio::time::Instant::now() + OBSERVE_GRACE);
-                    } else if !grace_armed {
-                        grace_armed = true;
-                        reuse_grace.as_mut().reset(tokio::time::Instant::now() + node::PORT_REUSE_GRACE);
-                    }
-                }
-                SwarmEvent::NewExternalAddrCandidate { address } => {
-                    emit("external_addr_candidate", json!({ "addr": address.to_string() }));
-                }
-                SwarmEvent::ExternalAddrConfirmed { address } => {
-                    emit("external_addr_confirmed", json!({ "addr": address.to_string() }));
-                }
-                SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                    node::log_connection(&peer_id, connection_id, &endpoint, relays.contains_key(&peer_id));
-                    if peer_id != remote {
-                        continue;
-                    }
-                    let relayed = swarm.behaviour().kaspa.connection(connection_id).is_none_or(|c| c.relayed);
-                    if endpoint.is_relayed() {
-                        if run.relayed_conn.is_none() && run.session_conn.is_none() {
-                            run.relayed_conn = Some(connection_id);
-                            direct.as_mut().reset(tokio::time::Instant::now() + direct_deadline);
-                        }
-                    } else if !relayed && dcutr && !endpoint.is_dialer() && run.relayed_conn.is_some()
-                        && run.session_conn.is_none() && inbound_direct.is_none()
-                    {
-                        // The server's hole-punch dial arrived here. Our own DCUtR dial may still succeed (then
-                        // its connection is used, so the DCUtR event and the handshake name one connection);
-                        // if it does not within a moment, this one is as direct and is used instead.
-                        inbound_direct = Some(connection_id);
-                        inbound_grace.as_mut().reset(tokio::time::Instant::now() + INBOUND_GRACE);
-                    }
-                }
-                SwarmEvent::ConnectionClosed { peer_id, connection_id, endpoint, cause, .. } => {
-                    node::log_connection_closed(&peer_id, connection_id, &endpoint, cause.map(|c| c.to_string()));
-                    if let Some(replies) = waiting.remove(&connection_id) {
-                        for reply in replies {
-                            let _ = reply.send(Err(format!("connection {connection_id} closed")));
-                        }
-                    }
-                    if run.session_conn == Some(connection_id) {
-                        node::shutdown("the session's connection closed", 1);
-                    }
-                    if inbound_direct == Some(connection_id) {
-                        inbound_direct = None;
-                    }
-                    if run.relayed_conn == Some(connection_id) && run.session_conn.is_none() {
-                        run.relayed_conn = None;
-                    }
-                }
-                SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } if peer == remote && run.relayed_conn.is_none() && run.session_conn.is_none() => {
-                    emit("dial_failed", json!({ "peer_id": peer.to_string(), "reason": error.to_string() }));
-                    node::shutdown("could not reach the server through the relay", 1);
-                }
-                SwarmEvent::Behaviour(PeerBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) if relays.contains_key(&peer_id) => {
-                    emit("observed_addr", json!({ "addr": info.observed_addr.to_string(), "by": peer_id.to_string() }));
-                    // Not confirmed here: identify reports it as an external address *candidate*, which is
-                    // what DCUtR offers the remote to punch to; confirming it first would hide it from DCUtR.
-                    dial_remote(&mut swarm, &mut dialed_remote);
-                }
-                SwarmEvent::Behaviour(PeerBehaviourEvent::Dcutr(event)) => {
-                    let remote_addr = event.result.as_ref().ok()
-                        .and_then(|id| swarm.behaviour().kaspa.connection(*id))
-                        .map(|c| c.remote_addr.clone());
-                    node::log_dcutr(&event, remote_addr.as_ref());
-                    if let Ok(conn) = event.result {
-                        let direct_ok = swarm.behaviour().kaspa.connection(conn).is_some_and(|c| !c.relayed);
-                        if event.remote_peer_id == remote && direct_ok && run.session_conn.is_none() {
-                            inbound_direct = None;
-                            run.adopt(&mut swarm, conn, "dcutr");
-                        }
-                    }
-                }
-                SwarmEvent::Behaviour(PeerBehaviourEvent::Kaspa(event)) => match event {
-                    streams::Event::Outbound(info, stream) => {
-                        if let Some(reply) = waiting.get_mut(&info.connection_id).and_then(VecDeque::pop_front) {
-                            let _ = reply.send(Ok(KaspaIo::new(stream, info)));
-                        }
-                    }
-                    streams::Event::OutboundFailed(info, reason) => {
-                        if let Some(reply) = waiting.get_mut(&info.connection_id).and_then(VecDeque::pop_front) {
-                            let _ = reply.send(Err(reason));
-                        }
-                    }
-                    streams::Event::Inbound(..) => {}
-                },
-                _ => {}
-            }
+        };
+        let actions = client.step(input, Instant::now(), &driver.peer.swarm.behaviour().kaspa);
+        for action in actions {
+            driver.act(action);
         }
     }
 }
 
-/// Which connection the session runs on, and what it needs to start.
-struct Run {
+/// Carries out what the state machine ([`Client`]) decides, and turns swarm events into its inputs.
+struct Driver {
+    peer: Peer,
+    remote: PeerId,
+    remote_addrs: Vec<Multiaddr>,
+    /// Taken when the session starts (once).
     plan: Option<Plan>,
-    relayed_conn: Option<ConnectionId>,
-    session_conn: Option<ConnectionId>,
     open_tx: mpsc::Sender<StreamRequest>,
     done_tx: mpsc::Sender<Result<(), String>>,
+    waiting: StreamRequests,
 }
 
-impl Run {
+impl Driver {
+    /// What the machine needs to know of a swarm event (stream results are handled here).
+    fn input(&mut self, event: PeerEvent) -> Option<Input> {
+        match event {
+            PeerEvent::RelaysDialled => Some(Input::RelaysDialled),
+            PeerEvent::RelayIdentified { .. } => Some(Input::RelayIdentified),
+            PeerEvent::Established {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => Some(Input::Established {
+                peer: peer_id,
+                conn: connection_id,
+                circuit: endpoint.is_relayed(),
+                inbound: !endpoint.is_dialer(),
+            }),
+            PeerEvent::Closed { connection_id } => {
+                self.waiting.closed(connection_id);
+                Some(Input::Closed {
+                    conn: connection_id,
+                })
+            }
+            PeerEvent::DialFailed { peer_id, reason } => Some(Input::DialFailed {
+                peer: peer_id,
+                reason,
+            }),
+            PeerEvent::Dcutr(event) => event.result.ok().map(|conn| Input::DcutrOk {
+                peer: event.remote_peer_id,
+                conn,
+            }),
+            PeerEvent::Kaspa(event) => {
+                self.waiting.answer(event);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::DialServer => self.dial_server(),
+            Action::UseDirect {
+                conn,
+                source,
+                close,
+            } => self.use_direct(conn, source, close),
+            Action::FallBack { conn, reason } => {
+                emit(
+                    "relay_fallback",
+                    json!({ "reason": reason, "connection_id": connection_id::number(conn) }),
+                );
+                self.start(conn);
+            }
+            Action::ReportDialFailed { reason } => {
+                emit(
+                    "dial_failed",
+                    json!({ "peer_id": self.remote.to_string(), "reason": reason }),
+                );
+            }
+            Action::ReportHandshakeFailed { reason } => {
+                emit(
+                    "handshake_failed",
+                    json!({ "peer_id": self.remote.to_string(), "reason": reason }),
+                );
+            }
+            Action::Exit { reason, code } => node::shutdown(&reason, code),
+        }
+    }
+
+    /// Dials the server through the relay: one circuit address at a time, in the order given.
+    fn dial_server(&mut self) {
+        emit(
+            "dialing",
+            json!({
+                "peer_id": self.remote.to_string(),
+                "addrs": self.remote_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+        );
+        let opts = DialOpts::peer_id(self.remote)
+            .addresses(self.remote_addrs.clone())
+            .override_dial_concurrency_factor(NonZeroU8::MIN)
+            .build();
+        if let Err(error) = self.peer.swarm.dial(opts) {
+            self.act(Action::ReportDialFailed {
+                reason: error.to_string(),
+            });
+            node::shutdown("could not dial the server", 1);
+        }
+    }
+
+    /// Runs the session on the direct connection `conn` and closes the relayed one, so no Kaspa byte
+    /// crosses the relay.
+    fn use_direct(&mut self, conn: ConnectionId, source: Source, close: Option<ConnectionId>) {
+        let Some(info) = self.peer.swarm.behaviour().kaspa.connection(conn).cloned() else {
+            return;
+        };
+        emit(
+            "direct_connection",
+            json!({
+                "peer_id": info.peer_id.to_string(),
+                "connection_id": info.connection_number(),
+                "remote_addr": info.remote_addr.to_string(),
+                "relayed": false,
+                "source": source.as_str(),
+            }),
+        );
+        if let Some(relayed) = close {
+            self.peer.swarm.close_connection(relayed);
+        }
+        self.start(conn);
+    }
+
     /// Starts the handshake and session on `conn` (once).
     fn start(&mut self, conn: ConnectionId) {
-        self.session_conn = Some(conn);
         if let Some(plan) = self.plan.take() {
             tokio::spawn(run_session(
                 plan,
@@ -360,35 +308,43 @@ impl Run {
             ));
         }
     }
+}
 
-    /// Uses the direct connection `conn` for the session and closes the relayed one, so no Kaspa byte
-    /// crosses the relay. `source`: `dcutr` (our DCUtR dial) or `inbound` (the server's DCUtR dial).
-    fn adopt(
-        &mut self,
-        swarm: &mut libp2p::Swarm<node::PeerBehaviour>,
-        conn: ConnectionId,
-        source: &str,
-    ) {
-        let Some(info) = swarm.behaviour().kaspa.connection(conn).cloned() else {
-            return;
+/// The session's requests for Kaspa streams, each answered when its stream opens, fails or its connection
+/// closes.
+#[derive(Default)]
+struct StreamRequests(HashMap<ConnectionId, VecDeque<Reply>>);
+
+impl StreamRequests {
+    fn open(&mut self, peer: &mut Peer, conn: ConnectionId, reply: Reply) {
+        if peer.swarm.behaviour_mut().kaspa.open(conn) {
+            self.0.entry(conn).or_default().push_back(reply);
+        } else {
+            let _ = reply.send(Err(format!("connection {conn} is gone")));
+        }
+    }
+
+    fn answer(&mut self, event: streams::Event) {
+        let (info, answer) = match event {
+            streams::Event::Outbound(info, stream) => {
+                (info.clone(), Ok(KaspaIo::new(stream, info)))
+            }
+            streams::Event::OutboundFailed(info, reason) => (info, Err(reason)),
+            streams::Event::Inbound(..) => return,
         };
-        if info.relayed || self.session_conn.is_some() {
-            return;
+        if let Some(reply) = self
+            .0
+            .get_mut(&info.connection_id)
+            .and_then(VecDeque::pop_front)
+        {
+            let _ = reply.send(answer);
         }
-        emit(
-            "direct_connection",
-            json!({
-                "peer_id": info.peer_id.to_string(),
-                "connection_id": info.connection_number(),
-                "remote_addr": info.remote_addr.to_string(),
-                "relayed": false,
-                "source": source,
-            }),
-        );
-        if let Some(relayed) = self.relayed_conn.take() {
-            swarm.close_connection(relayed);
+    }
+
+    fn closed(&mut self, conn: ConnectionId) {
+        for reply in self.0.remove(&conn).unwrap_or_default() {
+            let _ = reply.send(Err(format!("connection {conn} closed")));
         }
-        self.start(conn);
     }
 }
 

@@ -32,14 +32,11 @@ async fn main() {
     };
     node::log_peer_id(&peer_id);
     node::listen_all(&mut swarm, BINARY, listen);
-    let stop = node::termination();
+    let stop = node::stop_reason(run_for);
     tokio::pin!(stop);
-    let deadline = node::run_deadline(run_for);
-    tokio::pin!(deadline);
     loop {
         tokio::select! {
-            _ = &mut stop => node::shutdown("signal", 0),
-            _ = &mut deadline => node::shutdown("run time elapsed", 0),
+            reason = &mut stop => node::shutdown(reason, 0),
             event = swarm.select_next_some() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
                     // Reservations hand out the relay's external addresses: the concrete ones it listens on.

@@ -2,14 +2,14 @@
 //! `/p2p-circuit` address and serves the Kaspa P2P service on every inbound libp2p stream.
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::time::Duration;
 
-use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, relay, Multiaddr, PeerId};
+use libp2p::{relay, Multiaddr, PeerId};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 
 use kaspa_lab_peers::config::{
     ConfigError, DCUTR, IDLE, KEY_FILE, LISTEN, NETWORK, RELAYS, RUN_FOR, SEED,
@@ -17,7 +17,8 @@ use kaspa_lab_peers::config::{
 use kaspa_lab_peers::events::emit;
 use kaspa_lab_peers::identity;
 use kaspa_lab_peers::kaspa::{self, KaspaIo, Local};
-use kaspa_lab_peers::node::{self, or_exit, PeerBehaviourEvent};
+use kaspa_lab_peers::node::{self, or_exit};
+use kaspa_lab_peers::peer::{log_relay_dial_failed, Peer, PeerEvent};
 use kaspa_lab_peers::streams::{self, is_relayed};
 
 const BINARY: &str = "kaspa_p2p_server";
@@ -73,13 +74,7 @@ async fn main() {
     let idle = or_exit(BINARY, source.seconds(&IDLE, 300.0));
     let run_for = or_exit(BINARY, source.seconds(&RUN_FOR, 0.0));
     let key = or_exit(BINARY, identity::load(&source));
-    let me = key.public().to_peer_id();
-    let relay_list: Vec<_> = relays.values().cloned().collect();
-    let mut swarm = match node::peer_swarm(key, dcutr, idle, &relay_list) {
-        Ok(swarm) => swarm,
-        Err(error) => node::shutdown(&format!("swarm: {error}"), 1),
-    };
-    node::log_peer_id(&me);
+    let mut peer = Peer::start(key, dcutr, idle, relays);
     emit(
         "config",
         json!({ "network": network, "dcutr_enabled": dcutr }),
@@ -93,173 +88,197 @@ async fn main() {
         }
     });
 
-    node::listen_all(&mut swarm, BINARY, listen);
-    let mut dialed_relays = false;
-    let mut reserving: HashSet<PeerId> = HashSet::new();
-    let stop = node::termination();
+    node::listen_all(&mut peer.swarm, BINARY, listen);
+    let mut reservations = Reservations::new();
+    let stop = node::stop_reason(run_for);
     tokio::pin!(stop);
-    let deadline = node::run_deadline(run_for);
-    tokio::pin!(deadline);
-    let reuse_grace = node::run_deadline(Duration::ZERO);
-    tokio::pin!(reuse_grace);
-    let mut grace_armed = false;
-    // Re-dials lost relays and requests missing reservations (also when a relay's identify never comes).
-    let retry = node::run_deadline(Duration::ZERO);
-    tokio::pin!(retry);
-    let mut retry_armed = false;
-    let mut backoff = RETRY_FIRST;
     loop {
         tokio::select! {
-            _ = &mut stop => node::shutdown("signal", 0),
-            _ = &mut deadline => node::shutdown("run time elapsed", 0),
-            _ = &mut reuse_grace, if grace_armed && !dialed_relays => {
-                dialed_relays = true;
-                emit("port_reuse_unavailable", json!({
-                    "reason": "no listen address of the relays' address family and scope: dialling them from an ephemeral port",
-                }));
-                node::dial_relays(&mut swarm, &relays, "reservation_failed");
-            }
-            _ = &mut retry, if retry_armed => {
-                retry_armed = false;
-                for (peer, addr) in &relays {
-                    if !swarm.is_connected(peer) {
-                        emit("relay_redial", json!({ "relay_peer_id": peer.to_string(), "relay_addr": addr.to_string() }));
-                        if let Err(error) = swarm.dial(addr.clone()) {
-                            emit("reservation_failed", json!({ "relay_peer_id": peer.to_string(), "reason": error.to_string() }));
-                        }
-                    } else if !reserving.contains(peer) {
-                        reserve(&mut swarm, &mut reserving, peer, addr);
-                    }
-                }
-            }
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    if is_relayed(&address) {
-                        emit("circuit_listening", json!({ "addr": address.to_string() }));
-                    } else {
-                        emit("listening", json!({ "addr": address.to_string(), "peer_id": me.to_string() }));
-                    }
-                    // Dial the relay only once a listener is up, so the dial reuses the listening port and the
-                    // relay observes the address DCUtR will punch to.
-                    if !dialed_relays && relays.values().any(|r| node::reuses_port_towards(&address, r)) {
-                        dialed_relays = true;
-                        node::dial_relays(&mut swarm, &relays, "reservation_failed");
-                    } else if !grace_armed {
-                        grace_armed = true;
-                        reuse_grace.as_mut().reset(tokio::time::Instant::now() + node::PORT_REUSE_GRACE);
-                    }
-                }
-                SwarmEvent::NewExternalAddrCandidate { address } => {
-                    emit("external_addr_candidate", json!({ "addr": address.to_string() }));
-                }
-                SwarmEvent::ExternalAddrConfirmed { address } => {
-                    emit("external_addr_confirmed", json!({ "addr": address.to_string() }));
-                }
-                SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                    let to_relay = relays.contains_key(&peer_id);
-                    node::log_connection(&peer_id, connection_id, &endpoint, to_relay);
-                    if to_relay && !reserving.contains(&peer_id) {
-                        // The reservation is normally requested when the relay's identify arrives; if it never
-                        // does, request it anyway.
-                        retry_armed = true;
-                        retry.as_mut().reset(tokio::time::Instant::now() + IDENTIFY_GRACE);
-                    }
-                }
-                SwarmEvent::ConnectionClosed { peer_id, connection_id, endpoint, cause, .. } => {
-                    node::log_connection_closed(&peer_id, connection_id, &endpoint, cause.map(|c| c.to_string()));
-                }
-                SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } if relays.contains_key(&peer) => {
-                    emit("reservation_failed", json!({
-                        "relay_peer_id": peer.to_string(),
-                        "reason": format!("cannot reach the relay: {error}"),
-                        "retry_in_secs": backoff.as_secs(),
-                    }));
-                    retry_armed = true;
-                    retry.as_mut().reset(tokio::time::Instant::now() + backoff);
-                    backoff = (backoff * 2).min(RETRY_MAX);
-                }
-                SwarmEvent::ListenerClosed { addresses, reason, .. } if addresses.iter().any(is_relayed) => {
-                    let reason = match reason { Ok(()) => "reservation closed".to_string(), Err(e) => e.to_string() };
-                    let relay = addresses.iter().find_map(|a| node::relay_part(a).as_ref().and_then(node::last_peer));
-                    if let Some(peer) = relay {
-                        reserving.remove(&peer);
-                    }
-                    emit("reservation_failed", json!({
-                        "relay_peer_id": relay.map(|p| p.to_string()),
-                        "reason": reason,
-                        "retry_in_secs": backoff.as_secs(),
-                    }));
-                    retry_armed = true;
-                    retry.as_mut().reset(tokio::time::Instant::now() + backoff);
-                    backoff = (backoff * 2).min(RETRY_MAX);
-                }
-                SwarmEvent::ListenerError { error, .. } => {
-                    emit("listener_error", json!({ "reason": error.to_string() }));
-                }
-                SwarmEvent::Behaviour(PeerBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                    if let Some(relay_addr) = relays.get(&peer_id) {
-                        emit("observed_addr", json!({ "addr": info.observed_addr.to_string(), "by": peer_id.to_string() }));
-                        // The relay saw our NAT's public address: announce it so DCUtR has something to punch to.
-                        // Not confirmed here: identify reports it as an external address *candidate*, which is
-                        // what DCUtR offers the remote to punch to; confirming it first would hide it from DCUtR.
-                        if !reserving.contains(&peer_id) {
-                            reserve(&mut swarm, &mut reserving, &peer_id, relay_addr);
-                        }
-                    }
-                }
-                SwarmEvent::Behaviour(PeerBehaviourEvent::RelayClient(event)) => match event {
-                    relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, .. } => {
-                        if let Some(relay_addr) = relays.get(&relay_peer_id) {
-                            backoff = RETRY_FIRST;
-                            emit("reservation_accepted", json!({
-                                "relay_peer_id": relay_peer_id.to_string(),
-                                "circuit_addr": node::circuit_addr(relay_addr, &me).to_string(),
-                                "renewal": renewal,
-                            }));
-                        }
-                    }
-                    relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
-                        emit("inbound_circuit", json!({ "src_peer_id": src_peer_id.to_string() }));
-                    }
-                    relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
-                        emit("outbound_circuit", json!({ "relay_peer_id": relay_peer_id.to_string() }));
-                    }
-                },
-                SwarmEvent::Behaviour(PeerBehaviourEvent::Dcutr(event)) => {
-                    let remote = event.result.as_ref().ok()
-                        .and_then(|id| swarm.behaviour().kaspa.connection(*id))
-                        .map(|c| c.remote_addr.clone());
-                    node::log_dcutr(&event, remote.as_ref());
-                }
-                SwarmEvent::Behaviour(PeerBehaviourEvent::Kaspa(streams::Event::Inbound(info, stream))) => {
+            reason = &mut stop => node::shutdown(reason, 0),
+            () = reservations.retry_due() => reservations.retry(&mut peer),
+            event = peer.next() => match event {
+                PeerEvent::Kaspa(streams::Event::Inbound(info, stream)) => {
                     let handed_over = incoming_tx.send(KaspaIo::new(stream, info)).await;
                     if handed_over.is_err() {
                         node::shutdown("kaspa service stopped", 1);
                     }
                 }
-                _ => {}
+                event => reservations.on(&mut peer, event),
+            },
+        }
+    }
+}
+
+/// The reservations on our relays: requested when a relay's identify arrives (or `IDENTIFY_GRACE` after
+/// connecting, if it never does); a lost relay is re-dialled and a lost reservation re-requested, with
+/// back-off.
+struct Reservations {
+    /// Relays with a reservation requested or held.
+    reserving: HashSet<PeerId>,
+    retry: Pin<Box<Sleep>>,
+    retry_armed: bool,
+    backoff: Duration,
+}
+
+impl Reservations {
+    fn new() -> Self {
+        Self {
+            reserving: HashSet::new(),
+            retry: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            retry_armed: false,
+            backoff: RETRY_FIRST,
+        }
+    }
+
+    /// Resolves when a retry is due (cancel-safe).
+    async fn retry_due(&mut self) {
+        if self.retry_armed {
+            self.retry.as_mut().await;
+        } else {
+            std::future::pending().await
+        }
+    }
+
+    fn retry_in(&mut self, after: Duration) {
+        self.retry_armed = true;
+        self.retry.as_mut().reset(Instant::now() + after);
+    }
+
+    /// Schedules a retry after the current back-off, doubles it, and returns the wait.
+    fn back_off(&mut self) -> Duration {
+        let wait = self.backoff;
+        self.retry_in(wait);
+        self.backoff = (wait * 2).min(RETRY_MAX);
+        wait
+    }
+
+    fn retry(&mut self, peer: &mut Peer) {
+        self.retry_armed = false;
+        let relays: Vec<(PeerId, Multiaddr)> =
+            peer.relays().iter().map(|(p, a)| (*p, a.clone())).collect();
+        for (relay, addr) in relays {
+            if !peer.swarm.is_connected(&relay) {
+                emit(
+                    "relay_redial",
+                    json!({ "relay_peer_id": relay.to_string(), "relay_addr": addr.to_string() }),
+                );
+                peer.dial_relay(&relay);
+            } else if !self.reserving.contains(&relay) {
+                self.reserve(peer, &relay, &addr);
+            }
+        }
+    }
+
+    /// Requests a reservation on `relay` by listening on its circuit address.
+    fn reserve(&mut self, peer: &mut Peer, relay: &PeerId, relay_addr: &Multiaddr) {
+        self.reserving.insert(*relay);
+        emit(
+            "reservation_requested",
+            json!({ "relay_peer_id": relay.to_string() }),
+        );
+        if let Err(error) = peer
+            .swarm
+            .listen_on(relay_addr.clone().with(Protocol::P2pCircuit))
+        {
+            self.reserving.remove(relay);
+            log_reservation_failed(Some(relay), &error.to_string(), None);
+        }
+    }
+
+    fn on(&mut self, peer: &mut Peer, event: PeerEvent) {
+        match event {
+            PeerEvent::Established {
+                peer_id,
+                to_relay: true,
+                ..
+            } if !self.reserving.contains(&peer_id) => {
+                // The reservation is normally requested when the relay's identify arrives; if it never does,
+                // request it anyway.
+                self.retry_in(IDENTIFY_GRACE);
+            }
+            PeerEvent::RelayIdentified { relay } if !self.reserving.contains(&relay) => {
+                if let Some(addr) = peer.relays().get(&relay).cloned() {
+                    self.reserve(peer, &relay, &addr);
+                }
+            }
+            PeerEvent::RelayUnreachable { relay, reason } => {
+                if let Some(addr) = peer.relays().get(&relay) {
+                    let reason = format!("cannot reach the relay: {reason}");
+                    log_relay_dial_failed(&relay, addr, &reason, Some(self.backoff));
+                }
+                self.back_off();
+            }
+            PeerEvent::ListenerClosed { addresses, reason } if addresses.iter().any(is_relayed) => {
+                self.reservation_lost(&addresses, reason);
+            }
+            PeerEvent::ListenerError { reason } => {
+                emit("listener_error", json!({ "reason": reason }));
+            }
+            PeerEvent::Relay(event) => self.relay_event(peer, event),
+            _ => {}
+        }
+    }
+
+    /// A circuit listener closed: the relay refused or dropped the reservation.
+    fn reservation_lost(&mut self, addresses: &[Multiaddr], reason: Result<(), std::io::Error>) {
+        let reason = match reason {
+            Ok(()) => "reservation closed".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let relay = addresses
+            .iter()
+            .find_map(|a| node::relay_part(a).as_ref().and_then(node::last_peer));
+        if let Some(relay) = relay {
+            self.reserving.remove(&relay);
+        }
+        log_reservation_failed(relay.as_ref(), &reason, Some(self.backoff));
+        self.back_off();
+    }
+
+    fn relay_event(&mut self, peer: &Peer, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            } => {
+                if let Some(relay_addr) = peer.relays().get(&relay_peer_id) {
+                    self.backoff = RETRY_FIRST;
+                    emit(
+                        "reservation_accepted",
+                        json!({
+                            "relay_peer_id": relay_peer_id.to_string(),
+                            "circuit_addr": node::circuit_addr(relay_addr, &peer.me).to_string(),
+                            "renewal": renewal,
+                        }),
+                    );
+                }
+            }
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                emit(
+                    "inbound_circuit",
+                    json!({ "src_peer_id": src_peer_id.to_string() }),
+                );
+            }
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
+                emit(
+                    "outbound_circuit",
+                    json!({ "relay_peer_id": relay_peer_id.to_string() }),
+                );
             }
         }
     }
 }
 
-/// Requests a reservation on `relay` by listening on its circuit address.
-fn reserve(
-    swarm: &mut libp2p::Swarm<node::PeerBehaviour>,
-    reserving: &mut HashSet<PeerId>,
-    relay: &PeerId,
-    relay_addr: &Multiaddr,
-) {
-    reserving.insert(*relay);
-    emit(
-        "reservation_requested",
-        json!({ "relay_peer_id": relay.to_string() }),
-    );
-    if let Err(error) = swarm.listen_on(relay_addr.clone().with(Protocol::P2pCircuit)) {
-        reserving.remove(relay);
-        emit(
-            "reservation_failed",
-            json!({ "relay_peer_id": relay.to_string(), "reason": error.to_string() }),
-        );
+/// `reservation_failed`: the relay was reached but the reservation was refused, dropped or could not be
+/// requested. (A relay that could not be reached at all is `relay_dial_failed`.)
+fn log_reservation_failed(relay: Option<&PeerId>, reason: &str, retry_in: Option<Duration>) {
+    let mut facts = json!({
+        "relay_peer_id": relay.map(ToString::to_string),
+        "reason": reason,
+    });
+    if let Some(retry_in) = retry_in {
+        facts["retry_in_secs"] = json!(retry_in.as_secs());
     }
+    emit("reservation_failed", facts);
 }
