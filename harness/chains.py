@@ -17,8 +17,8 @@ from harness.models import ChainItem, FactValue
 from harness.sut import CONNTRACK, find_checkpoint
 from harness.templating import TemplateError, render
 
-# The ground-truth pseudo checkpoint (harness.conntrack.ConntrackGroundTruth): endpoints -> outcome.
-ConntrackCheck = Callable[[Sequence[str]], Hit | Miss | Skip]
+# The ground-truth pseudo checkpoint (harness.ground_truth.GroundTruth): (two nodes, not before) -> outcome.
+ConntrackCheck = Callable[[Sequence[str], float | None], Hit | Miss | Skip]
 
 
 def _expected(where: Mapping[str, FactValue], namespace: Mapping[str, Any]) -> dict[str, str]:
@@ -60,7 +60,7 @@ def evaluate_chain(
     last_line: dict[str, int] = {}
     last_time: float | None = None
     for index, item in enumerate(chain):
-        outcome = _evaluate_item(item, logs, namespace, last_line, last_time, clock_skew, conntrack)
+        outcome = _evaluate_item(item, logs, namespace, last_line, last_time, clock_skew, conntrack, result.hits)
         result.items.append(outcome)
         if isinstance(outcome, Miss):
             result.not_reached = [later.label for later in chain[index + 1 :]]
@@ -82,6 +82,7 @@ def _evaluate_item(
     last_time: float | None,
     clock_skew: float,
     conntrack: ConntrackCheck | None,
+    hits_so_far: Sequence[Hit] = (),
 ) -> Hit | Miss | Skip:
     hits: list[Hit] = []
     misses: list[Miss] = []
@@ -91,14 +92,12 @@ def _evaluate_item(
         node, checkpoint = split_ref(alternative.checkpoint)
         if node == CONNTRACK:
             if conntrack is None:
-                skips.append(Skip(alternative.checkpoint, "no conntrack tables collected"))
+                skips.append(
+                    Skip(alternative.checkpoint, "unverifiable: no router tables were collected", unverified=True)
+                )
                 continue
-            try:
-                endpoints = [render(e, namespace) for e in alternative.endpoints]
-            except TemplateError as error:
-                misses.append(Miss(alternative.checkpoint, f"cannot name the endpoints: {error}"))
-                continue
-            outcome = conntrack(endpoints)
+            since = next((h for h in reversed(hits_so_far) if h.name == alternative.since), None)
+            outcome = conntrack(alternative.between, None if since is None else since.time)
         elif node not in logs:
             misses.append(Miss(alternative.checkpoint, f"no log for node {node!r}"))
             continue
@@ -138,4 +137,6 @@ def _evaluate_item(
             "none of: " + "; ".join(f"{m.name}: {m.reason}" for m in misses),
             [e for m in misses for e in m.evidence][:4],
         )
-    return skips[0] if len(skips) == 1 else Skip(item.label, "; ".join(s.reason for s in skips))
+    if len(skips) == 1:
+        return skips[0]
+    return Skip(item.label, "; ".join(s.reason for s in skips), unverified=any(s.unverified for s in skips))

@@ -163,8 +163,12 @@ class Miss:
 
 @dataclass
 class Skip:
+    """A checkpoint not evaluated. `unverified`: evidence the verdict needs could not be had (no router tables),
+    so the chain cannot say `direct`; otherwise the checkpoint just does not apply (an optional one)."""
+
     name: str
     reason: str
+    unverified: bool = False
 
 
 @dataclass
@@ -176,6 +180,11 @@ class ChainResult:
     @property
     def complete(self) -> bool:
         return not any(isinstance(item, Miss) for item in self.items)
+
+    @property
+    def unverified(self) -> list[Skip]:
+        """Checkpoints whose independent evidence could not be had: such a chain cannot be `direct`."""
+        return [item for item in self.items if isinstance(item, Skip) and item.unverified]
 
     @property
     def first_missing(self) -> Miss | None:

@@ -1,4 +1,4 @@
-"""Ground truth from the routers: parse `conntrack -L` output and find the direct flow between two NATs.
+"""The routers' conntrack records as data: `conntrack -L` tables and `conntrack -E -o timestamp` event lines.
 
 A line looks like
 
@@ -8,17 +8,14 @@ A line looks like
 the original tuple first, the reply tuple second. On the server's router the original tuple carries the
 server's LAN address and the reply tuple the server's public (NAT) address; so a flow "between the two NAT
 public endpoints" is an entry whose four endpoints include both of them. Parsing works the same on raw and on
-sanitised text (placeholders instead of addresses), which is what the engine compares: facts from the logs are
-sanitised too.
+sanitised text (placeholders instead of addresses). What counts as the direct flow is `harness.ground_truth`'s.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-from harness.checkpoints import Evidence, Hit, Miss, Skip
 
 _FIELD = re.compile(r"(\w+)=(\S+)")
 _STATE = re.compile(r"\b(ESTABLISHED|SYN_SENT|SYN_RECV|FIN_WAIT|CLOSE_WAIT|LAST_ACK|TIME_WAIT|CLOSE|LISTEN|NONE)\b")
@@ -33,6 +30,8 @@ class Flow:
     original: tuple[str, str, int | None, int | None]  # src, dst, sport, dport
     reply: tuple[str, str, int | None, int | None] | None
     assured: bool
+    ts: float | None = None  # `conntrack -E -o timestamp`: when the router's kernel reported it
+    event: str | None = None  # NEW, UPDATE, DESTROY (event lines only)
 
     def endpoints(self) -> set[tuple[str, int | None]]:
         found = {(self.original[0], self.original[2]), (self.original[1], self.original[3])}
@@ -47,7 +46,14 @@ def parse_flows(text: str) -> list[Flow]:
     for number, line in enumerate(text.splitlines(), start=1):
         words = line.split()
         # `conntrack -E -o timestamp` lines start with "[1732500000.123456]" and "[NEW]"/"[UPDATE]"/"[DESTROY]".
+        ts: float | None = None
+        event: str | None = None
         while words and words[0].startswith("[") and words[0].endswith("]"):
+            inner = words[0][1:-1]
+            try:
+                ts = float(inner)
+            except ValueError:
+                event = inner
             words = words[1:]
         if len(words) < 3 or words[0] not in ("tcp", "udp", "icmp", "ipv4", "ipv6"):
             continue
@@ -74,6 +80,8 @@ def parse_flows(text: str) -> list[Flow]:
                 original=original,
                 reply=reply,
                 assured="[ASSURED]" in line,
+                ts=ts,
+                event=event,
             )
         )
     return flows
@@ -100,63 +108,6 @@ def parse_endpoint(text: str) -> tuple[str, int | None]:
             port = found.group("port")
             return found.group("host"), int(port) if port else None
     return value, None
-
-
-def _holds(flow: Flow, endpoint: tuple[str, int | None]) -> bool:
-    host, port = endpoint
-    return any(h == host and (port is None or p == port) for h, p in flow.endpoints())
-
-
-def established_between(flows: Sequence[Flow], a: tuple[str, int | None], b: tuple[str, int | None]) -> Flow | None:
-    for flow in flows:
-        if flow.protocol == "tcp" and flow.state == "ESTABLISHED" and _holds(flow, a) and _holds(flow, b):
-            return flow
-    return None
-
-
-@dataclass
-class ConntrackGroundTruth:
-    """The `conntrack.established` pseudo checkpoint: every required router holds the direct flow.
-
-    `tables` maps router name -> (report-relative file, sanitised text). `required` lists the routers that
-    must show the flow (the outermost router of each private peer); empty means no NAT in the topology.
-    """
-
-    tables: Mapping[str, tuple[str, str]]
-    required: Sequence[str]
-
-    def __call__(self, endpoints: Sequence[str]) -> Hit | Miss | Skip:
-        name = "conntrack.established"
-        if not self.required:
-            return Skip(name, "no NAT router in this topology")
-        if len(endpoints) != 2:
-            return Miss(name, f"needs two endpoints, got {len(endpoints)}")
-        a, b = (parse_endpoint(e) for e in endpoints)
-        evidence: list[Evidence] = []
-        facts: dict[str, str | int | None] = {"a": endpoints[0], "b": endpoints[1]}
-        for router in self.required:
-            if router not in self.tables:
-                return Miss(name, f"no conntrack table was collected from {router}", evidence)
-            file, text = self.tables[router]
-            flows = parse_flows(text)
-            flow = established_between(flows, a, b)
-            if flow is None:
-                seen = [f for f in flows if _holds(f, a) and _holds(f, b)]
-                detail = f" (found it in state {seen[0].state})" if seen else ""
-                near = [Evidence(file, f.line, f.text, note="same endpoints, not ESTABLISHED") for f in seen[:2]]
-                return Miss(
-                    name,
-                    f"{router} holds no ESTABLISHED TCP flow between {_show(a)} and {_show(b)}{detail}",
-                    evidence + near,
-                )
-            evidence.append(Evidence(file, flow.line, flow.text, note=router))
-            facts[f"{router}.state"] = flow.state
-        return Hit(name, "conntrack", "established", facts, evidence, line=0, time=None)
-
-
-def _show(endpoint: tuple[str, int | None]) -> str:
-    host, port = endpoint
-    return f"{host}:{port}" if port is not None else host
 
 
 def outermost_routers(router_names: Sequence[str], private_nodes: Sequence[str]) -> list[str]:

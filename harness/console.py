@@ -14,9 +14,14 @@ THEME = Theme(
         "muted": "dim",
         "verdict.direct": "bold green",
         "verdict.relayed": "bold yellow",
+        "verdict.unverified": "bold magenta",
         "verdict.fail": "bold red",
     }
 )
 
 console = Console(theme=THEME)
 err_console = Console(theme=THEME, stderr=True)
+
+
+def verdict_style(verdict: str) -> str:
+    return f"verdict.{verdict}" if verdict in ("direct", "relayed", "unverified", "fail") else "muted"

@@ -206,8 +206,11 @@ class Sut(Strict):
 
 
 class Verdict(StrEnum):
+    """`unverified`: the logs say direct, but nothing independent of the peers confirms it."""
+
     direct = "direct"
     relayed = "relayed"
+    unverified = "unverified"
     fail = "fail"
 
 
@@ -235,14 +238,16 @@ class ChainItem(Strict):
     """One entry of an ordered `expect` chain: a checkpoint (or alternatives), with fact equalities.
 
     `where` values are jinja2 templates over the facts learnt so far (`"{{ server.peer_id }}"`) or literals.
-    `conntrack.established` is the ground-truth pseudo checkpoint; its `endpoints` are the two NAT public
-    endpoints (multiaddrs, `ip:port` or bare addresses, templated).
+    `conntrack.established` is the ground-truth pseudo checkpoint (harness.ground_truth): `between` names the two
+    nodes of the direct path, whose addresses the lab knows; `since` an earlier checkpoint of the chain whose time
+    the flow must not precede (the start of the punch).
     """
 
     checkpoint: str | None = None
     any_of: list[ChainItem] | None = None
     where: dict[str, FactValue] = Field(default_factory=dict)
-    endpoints: list[str] = Field(default_factory=list)
+    between: list[str] = Field(default_factory=list)
+    since: str | None = None
     count: int = Field(default=1, ge=1, description="the checkpoint must be met on this many distinct lines")
     optional: bool = Field(default=False, description="skipped when the node's SUT does not define it")
 
@@ -252,8 +257,14 @@ class ChainItem(Strict):
             raise ValueError("give exactly one of 'checkpoint' or 'any_of'")
         if self.any_of is not None and any(alt.any_of for alt in self.any_of):
             raise ValueError("'any_of' alternatives cannot nest another 'any_of'")
-        if self.endpoints and self.checkpoint != "conntrack.established":
-            raise ValueError("'endpoints' belongs to conntrack.established only")
+        ground = self.checkpoint == "conntrack.established"
+        if (self.between or self.since) and not ground:
+            raise ValueError("'between' and 'since' belong to conntrack.established only")
+        if ground and (len(self.between) != 2 or not self.since):
+            raise ValueError(
+                "conntrack.established needs 'between' (the two nodes of the direct path) and 'since' "
+                "(the checkpoint that starts the punch: a flow from before it does not count)"
+            )
         return self
 
     def alternatives(self) -> list[ChainItem]:

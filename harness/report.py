@@ -169,6 +169,7 @@ def scenario_record(result: ScenarioResult) -> dict[str, Any]:
         "conntrack": [{"router": t.router, "file": t.file, "required": t.required} for t in result.conntrack],
         "environment": dict(result.environment),
         "placeholders": list(result.placeholders),
+        "notes": list(result.notes),
         "logs": [],
     }
 

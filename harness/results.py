@@ -79,6 +79,7 @@ class ScenarioResult:
     conntrack: list[RouterTable] = field(default_factory=list)
     placeholders: list[str] = field(default_factory=list)
     attempt: int = 1
+    notes: list[str] = field(default_factory=list)  # findings and caveats the summary must show
 
     @property
     def first_missing_text(self) -> str | None:

@@ -59,6 +59,11 @@ _PEER_ID = re.compile(r"\b(?:12D3KooW[1-9A-HJ-NP-Za-km-z]{44}|Qm[1-9A-HJ-NP-Za-k
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")
 
 
+def is_placeholder(text: str) -> bool:
+    """`<SERVER_NAT_IP>`: a value a report already shows sanitised."""
+    return _PLACEHOLDER.fullmatch(text) is not None
+
+
 def _is_kept(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return _is_kept(ip.ipv4_mapped)

@@ -40,16 +40,27 @@ ADDRESSES = {
     ),
 }
 
+
+def _event(at: float, flow: str) -> str:
+    """A `conntrack -E -o timestamp` line, `at` seconds after EPOCH."""
+    return f"[{EPOCH + at:.6f}]\t [UPDATE] tcp      6 432000 ESTABLISHED {flow} [ASSURED]\n"
+
+
+# The routers' event logs: each private peer's flow to the relay early on, then the direct flow after the circuit
+# (the relay's circuit line is at ~4 s), the same public 4-tuple (198.18.0.3:4012 <-> 198.18.0.4:4013) on both.
 CONNTRACK = {
     "server-router": (
-        "tcp      6 431998 ESTABLISHED src=192.168.1.2 dst=198.18.0.2 sport=4012 dport=4011 "
-        "src=198.18.0.2 dst=198.18.0.3 sport=4011 dport=4012 [ASSURED] mark=0 use=1\n"
-        "tcp      6 431999 ESTABLISHED src=192.168.1.2 dst=198.18.0.4 sport=4012 dport=4013 "
-        "src=198.18.0.4 dst=198.18.0.3 sport=4013 dport=4012 [ASSURED] mark=0 use=1\n"
+        _event(
+            1.0,
+            "src=192.168.1.2 dst=198.18.0.2 sport=4012 dport=4011 src=198.18.0.2 dst=198.18.0.3 sport=4011 dport=4012",
+        )
+        + _event(
+            5.0,
+            "src=192.168.1.2 dst=198.18.0.4 sport=4012 dport=4013 src=198.18.0.4 dst=198.18.0.3 sport=4013 dport=4012",
+        )
     ),
-    "client-router": (
-        "tcp      6 431999 ESTABLISHED src=10.0.1.2 dst=198.18.0.3 sport=4013 dport=4012 "
-        "src=198.18.0.3 dst=198.18.0.4 sport=4012 dport=4013 [ASSURED] mark=0 use=1\n"
+    "client-router": _event(
+        5.0, "src=10.0.1.2 dst=198.18.0.3 sport=4013 dport=4012 src=198.18.0.3 dst=198.18.0.4 sport=4012 dport=4013"
     ),
 }
 

@@ -143,17 +143,17 @@ def test_kaspad_bridge_lines():
 def test_kaspad_bridge_direct_after_a_failed_attempt(with_conntrack):
     base = FIXTURES / "kaspad-bridge"
     conntrack = sorted(base.glob("*.conntrack")) if with_conntrack else []
-    verification = verify_logs(discover_logs(base), "kaspad-bridge", conntrack_files=conntrack)
+    public = {"relay": "10.0.3.26", "client": "10.0.3.61", "server": "10.0.3.62"}  # the fork's lab's addresses
+    verification = verify_logs(discover_logs(base), "kaspad-bridge", conntrack_files=conntrack, public=public)
     outcome = verification.outcome
-    assert outcome.verdict == Verdict.direct
+    # The logs hold (every log checkpoint met), but these tables are `conntrack -L` output without event times:
+    # nothing shows the flow came from this punch, so the verdict is unverified, never direct.
+    assert outcome.verdict == Verdict.unverified
     dcutr = next(h for h in outcome.direct.hits if h.checkpoint == "dcutr_direct")
     assert dcutr.facts["connection_id"] == "26"  # the retry, not the AttemptsExceeded(3) before it
     last = outcome.direct.items[-1]
-    if with_conntrack:
-        assert isinstance(last, Hit) and len(last.evidence) == 2
-        assert all("<IP_" in e.text and "10.0.3" not in e.text for e in last.evidence)
-    else:
-        assert last.reason == "no conntrack tables collected"
+    expected = "has no conntrack event times" if with_conntrack else "no router tables were collected"
+    assert expected in last.reason
 
 
 # -- the matcher ----------------------------------------------------------------------------------------

@@ -39,12 +39,28 @@ def test_verify_poc_phase4_is_relayed_not_direct(tmp_path, capsys):
 
 
 def test_verify_kaspad_bridge_with_ground_truth(tmp_path):
-    out = tmp_path / "k"
-    assert main(["verify", "--logs", str(FIXTURES / "kaspad-bridge"), "--sut", "kaspad-bridge", "-o", str(out)]) == 0
-    record = json.loads((out / "report.json").read_text())
-    assert record["checkpoints"][-1]["status"] == "met"
-    assert (out / "conntrack" / "client-router.conntrack").exists()
-    for path in out.rglob("*"):
+    """A real kaspad run with the router tables and the lab's addresses is direct; without the addresses the
+    same logs are only unverified (exit 1), unless log-only evidence is accepted out loud."""
+    base = Path(__file__).resolve().parent / "fixtures" / "kaspad-bridge" / "pass"
+    public = [
+        "--public",
+        "client=<CLIENT_NAT_IP>",
+        "--public",
+        "server=<SERVER_NAT_IP>",
+        "--public",
+        "relay=<RELAY_IP>",
+    ]
+    args = ["verify", "--logs", str(base), "--sut", "kaspad-bridge"]
+    assert main([*args, *public, "-o", str(tmp_path / "k")]) == 0
+    record = json.loads((tmp_path / "k" / "report.json").read_text())
+    assert record["verdict"] == "direct" and record["checkpoints"][-1]["status"] == "met"
+    assert (tmp_path / "k" / "conntrack" / "client-router.conntrack").exists()
+    assert main([*args, "-o", str(tmp_path / "u")]) == 1
+    assert json.loads((tmp_path / "u" / "report.json").read_text())["verdict"] == "unverified"
+    assert main([*args, "--accept-log-only", "-o", str(tmp_path / "a")]) == 0
+    raw = FIXTURES / "kaspad-bridge"  # the synthetic excerpt keeps the fork's raw lab addresses: none survive
+    assert main(["verify", "--logs", str(raw), "--sut", "kaspad-bridge", "-o", str(tmp_path / "r")]) == 1
+    for path in (tmp_path / "r").rglob("*"):
         if path.is_file():
             assert "10.0.3." not in path.read_text(), path
 

@@ -249,3 +249,17 @@ def test_a_negative_control_is_never_retried(phase4, tmp_path):
     assert len(made) == 1 and repeat.label == "FAIL" and repeat.final.verdict == Verdict.direct
     counted = run_repeated(phase4, "mixed_nat_symmetric_control", make, tmp_path / "n", attempts=3, clock=clock)
     assert len(counted.attempts) == 3  # --repeat N still records every attempt, for a rate
+
+
+def test_a_claimed_remote_address_the_lab_did_not_give_is_a_finding(phase4, tmp_path):
+    """The client says its direct peer is at an address nobody in the lab has: reported, not believed."""
+    backend = lab()
+    backend.scripts = {
+        node: [(t, line.replace("/ip4/198.18.0.3/tcp/4012", "/ip4/198.18.255.254/tcp/4012")) for t, line in script]
+        for node, script in backend.scripts.items()
+    }
+    result, _ = _run(phase4, "mixed_nat", backend, tmp_path)
+    findings = [n for n in result.notes if n.startswith("finding:")]
+    assert len(findings) == 1 and "client.handshake_direct claims remote_addr /ip4/<IP_" in findings[0]
+    assert "the lab gave server <HOME_IP>" in findings[0]
+    assert not [n for n in _run(phase4, "mixed_nat", lab(), tmp_path / "honest")[0].notes if n.startswith("finding")]

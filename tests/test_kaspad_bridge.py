@@ -19,11 +19,14 @@ from harness.verify import discover_logs, verify_logs
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kaspad-bridge"
 
 
+PUBLIC = {"client": "<CLIENT_NAT_IP>", "server": "<SERVER_NAT_IP>", "relay": "<RELAY_IP>"}  # what the lab gave
+
+
 def _verify(name: str, *, conntrack: bool = True):
     base = FIXTURES / name
     files = discover_logs(base, sut=None)
     tables = sorted(base.glob("*.conntrack")) if conntrack else []
-    return verify_logs(files, "kaspad-bridge", conntrack_files=tables)
+    return verify_logs(files, "kaspad-bridge", conntrack_files=tables, public=PUBLIC)
 
 
 def test_every_checkpoint_of_the_pass_is_met() -> None:
@@ -81,10 +84,11 @@ def test_verify_reads_a_folder_as_the_forks_manual_lab_leaves_it(tmp_path) -> No
         shutil.copy(FIXTURES / "pass" / f"{ours}.log", tmp_path / f"{theirs}.log")
     for table in (FIXTURES / "pass").glob("*.conntrack"):
         shutil.copy(table, tmp_path / table.name)
-    assert main(["verify", "--logs", str(tmp_path), "--sut", "kaspad-bridge", "-o", str(tmp_path / "r1")]) == 0
+    public = [f"--public={node}={address}" for node, address in PUBLIC.items()]
+    assert main(["verify", "--logs", str(tmp_path), "--sut", "kaspad-bridge", *public, "-o", str(tmp_path / "r1")]) == 0
     (tmp_path / "b-side.txt").write_text((tmp_path / "kaspa-b.log").read_text())
     (tmp_path / "kaspa-b.log").unlink()
-    args = ["verify", "--logs", str(tmp_path), "--sut", "kaspad-bridge", "--node", "server=b-side.txt"]
+    args = ["verify", "--logs", str(tmp_path), "--sut", "kaspad-bridge", *public, "--node", "server=b-side.txt"]
     assert main([*args, "-o", str(tmp_path / "r2")]) == 0
     record = json.loads((tmp_path / "r2" / "report.json").read_text())
     assert record["verdict"] == "direct" and {log["node"] for log in record["logs"]} == {"relay", "client", "server"}

@@ -11,10 +11,9 @@ import typer
 from rich.table import Table
 
 from harness.cli import app
-from harness.console import console
+from harness.console import console, verdict_style
 from harness.errors import BadInput, LabError
 
-VERDICT_STYLE = {"direct": "verdict.direct", "relayed": "verdict.relayed", "fail": "verdict.fail"}
 LABEL_STYLE = {"PASS": "ok", "PASS-FLAKY": "warn", "FAIL": "error"}
 
 
@@ -136,7 +135,7 @@ def _table(record: dict) -> Table:
         table.add_row(
             s["id"],
             f"[{LABEL_STYLE[s['label']]}]{s['label']}[/]",
-            f"[{VERDICT_STYLE[s['verdict']]}]{s['verdict']}[/]",
+            f"[{verdict_style(s['verdict'])}]{s['verdict']}[/]",
             s["expected"]["verdict"],
             str(len(s["attempts"])),
             missing,

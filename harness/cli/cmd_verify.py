@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from harness.cli import app
-from harness.console import console
+from harness.console import console, verdict_style
 from harness.errors import BadInput, LabError
 
 STATUS_STYLE = {"met": "ok", "missed": "error", "skipped": "warn", "not reached": "muted"}
@@ -36,6 +36,14 @@ def verify(
     ] = None,
     hash_peer_ids: Annotated[bool, typer.Option("--hash-peer-ids", help="Replace peer ids by stable hashes.")] = False,
     sut_file: Annotated[Path | None, typer.Option("--sut-file", help="A SUT definition YAML of your own.")] = None,
+    public: Annotated[
+        list[str] | None,
+        typer.Option("--public", help="NODE=ADDR: a node's public (NAT) address as your lab knows it; repeatable."),
+    ] = None,
+    accept_log_only: Annotated[
+        bool,
+        typer.Option("--accept-log-only", help="Let an unverified verdict (no ground truth) count as direct."),
+    ] = False,
 ) -> None:
     """Match the logs in DIR in order, with facts; exit 0 when the verdict is as expected, 1 when not."""
     from harness.labels import new_run_id
@@ -51,7 +59,7 @@ def verify(
         raise BadInput(f"--expect {expect!r}: use direct, relayed, fail or flaky") from None
     from harness.sut import get_sut
 
-    files = discover_logs(logs, sut=get_sut(sut), given=_pairs(node or []))
+    files = discover_logs(logs, sut=get_sut(sut), given=_pairs(node or [], "--node", "NAME=FILE"))
     direct = relayed = None
     skew = 2.0
     if runbook is not None:
@@ -70,29 +78,35 @@ def verify(
         relayed=relayed,
         hash_peer_ids=hash_peer_ids,
         clock_skew=skew,
+        public=_pairs(public or [], "--public", "NODE=ADDR"),
     )
     out_dir = out or Path("reports") / f"verify-{new_run_id()}"
-    result = write_verification_report(verification, out_dir, sut_name=sut, expect=expected, source=str(logs))
+    result = write_verification_report(
+        verification, out_dir, sut_name=sut, expect=expected, source=str(logs), accept_log_only=accept_log_only
+    )
     console.print(_table(result))
-    style = {"direct": "verdict.direct", "relayed": "verdict.relayed", "fail": "verdict.fail"}[result.verdict.value]
+    style = verdict_style(result.verdict.value)
     console.print(
         f"verdict [{style}]{result.verdict.value}[/] "
         f"({'[ok]as expected[/]' if result.as_expected else '[error]NOT as expected[/]'}, expected {expect})"
     )
     if result.first_missing is not None:
         console.print(f"first missing [bold]{result.first_missing.name}[/]: {result.first_missing.reason}")
+    if result.verdict.value == "unverified":
+        note = "accepted on log-only evidence (--accept-log-only)" if accept_log_only else "give --public and tables"
+        console.print(f"[warn]the logs say direct; nothing independent confirms it[/] ({note})")
     console.print(f"report: {out_dir / 'report.md'}")
     if not result.as_expected:
         raise LabError(f"verdict {result.verdict.value}, expected {expect}")
 
 
-def _pairs(pairs: list[str]) -> dict[str, str]:
+def _pairs(pairs: list[str], option: str, form: str) -> dict[str, str]:
     given: dict[str, str] = {}
     for pair in pairs:
-        name, sep, file = pair.partition("=")
-        if not sep or not name or not file:
-            raise BadInput(f"--node {pair!r}: write NAME=FILE (FILE relative to --logs)")
-        given[name] = file
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value:
+            raise BadInput(f"{option} {pair!r}: write {form}")
+        given[name] = value
     return given
 
 

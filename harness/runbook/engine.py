@@ -24,9 +24,10 @@ from typing import Any
 from harness.backends.base import Backend
 from harness.chains import evaluate_chain
 from harness.checkpoints import ADDRESS_FACTS, ChainResult, Miss, NodeLog
-from harness.conntrack import ConntrackGroundTruth, outermost_routers
+from harness.conntrack import parse_endpoint
 from harness.errors import BadInput, LabError, SetupError
-from harness.models import Chain, Phase, Verdict
+from harness.ground_truth import GroundTruth, NatHop, Side
+from harness.models import Chain, Phase, Role, Verdict
 from harness.results import RouterTable, ScenarioResult, StepRecord, phase_timings, records
 from harness.runbook.model import Runbook, Scenario
 from harness.sanitise import Sanitiser
@@ -75,6 +76,7 @@ class ScenarioRun:
         self.namespace: dict[str, dict[str, Any]] = {}
         self.last_start: dict[str, tuple[list[str], dict[str, str]]] = {}
         self.waited: dict[str, int] = {}
+        self._ground: GroundTruth | None = None
         self.collected = False
         self._recorded: dict[str, int] = {}  # report file -> lines written by `record`
         self.mono_start = clock.monotonic()
@@ -238,31 +240,47 @@ class ScenarioRun:
         if not raw_dir.is_dir():
             return
         for path in sorted(raw_dir.iterdir()):
-            if path.suffix in (".conntrack", ".nft"):
-                target = self.report_dir / ("conntrack" if path.suffix == ".conntrack" else "routers") / path.name
+            folder = {".conntrack": "conntrack", ".nft": "routers", ".sockets": "sockets"}.get(path.suffix)
+            if folder is not None:
+                target = self.report_dir / folder / path.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(self.sanitiser.text(path.read_text(errors="replace"), stream=path.name))
         if not self.keep_raw:
             # Raw artefacts hold real addresses (and addresses.json the whole map): never leave them in a report.
             shutil.rmtree(raw_dir, ignore_errors=True)
 
-    def conntrack_check(self) -> ConntrackGroundTruth:
-        tables: dict[str, tuple[str, str]] = {}
-        directory = self.report_dir / "conntrack"
-        if directory.is_dir():
-            for path in sorted(directory.glob("*.conntrack")):
-                tables[path.stem] = (f"conntrack/{path.name}", path.read_text())
+    def ground_truth(self) -> GroundTruth:
+        """The lab's own knowledge: each node's public address and NAT hops from the backend, the routers'
+        conntrack files and the socket tables of nodes without NAT, all as the report shows them."""
+        tables = _read_dir(self.report_dir, "conntrack", "*.conntrack")
+        sockets = _read_dir(self.report_dir, "sockets", "*.sockets")
         try:
             router_names = list(self.backend.routers())
         except Exception:
             router_names = sorted(tables)
-        private = [n for n, node in self.topology.nodes.items() if node.nat_profile != "none" and n in self.logs]
-        required = outermost_routers(router_names, private)
+        addresses = self.backend.addresses()
+        sides: dict[str, Side] = {}
+        excluded: set[str] = set()
+        for name, node in self.topology.nodes.items():
+            address = addresses.get(name)
+            if address is None:
+                continue
+            public = self.sanitiser.placeholder_for(address.public_ip)
+            if node.role == Role.relay:
+                excluded.add(public)
+                continue
+            routers = [r for r in router_names if r.startswith(f"{name}-")]  # innermost first
+            wans = [self.sanitiser.placeholder_for(ip) for ip in address.router_wan_ips]
+            hops = tuple(NatHop(router, wan) for router, wan in zip(routers, wans, strict=False))
+            sides[name] = Side(name, public, hops)
+        required = {hop.router for side in sides.values() for hop in side.hops}
         self.result.conntrack = [
             RouterTable(router=r, file=tables[r][0] if r in tables else None, required=r in required)
             for r in router_names
         ]
-        return ConntrackGroundTruth(tables=tables, required=required)
+        expect = self.runbook.expect_step()
+        skew = expect.clock_skew if expect is not None else 2.0
+        return GroundTruth(sides, tables, sockets, frozenset(excluded), skew)
 
     def phases(self) -> list[Phase]:
         """The expect step's phases, else those of the nodes' SUT files (first definition of a name wins)."""
@@ -280,7 +298,8 @@ class ScenarioRun:
         if expect is None:
             raise BadInput(f"runbook {self.runbook.name}: no 'expect' step to decide a verdict")
         base = {name: {k: v for k, v in facts.items() if k in ADDRESS_FACTS} for name, facts in self.namespace.items()}
-        ground_truth = self.conntrack_check()
+        ground_truth = self.ground_truth()
+        self._ground = ground_truth
 
         def chain(items: Chain) -> ChainResult:
             return evaluate_chain(items, self.logs, base=base, conntrack=ground_truth, clock_skew=expect.clock_skew)
@@ -302,6 +321,7 @@ class ScenarioRun:
         result.checkpoints = records(outcome.direct, self.wall_start)
         result.relayed_checkpoints = records(outcome.relayed, self.wall_start) if outcome.relayed else []
         result.timings.update(phase_timings(outcome.direct, self.phases()))
+        result.notes += claims_against_the_lab(outcome, self._ground)
 
 
 def run_scenario(
@@ -366,6 +386,36 @@ def run_scenario(
     if fatal is not None:
         raise fatal
     return run.result
+
+
+def claims_against_the_lab(outcome: Outcome, ground: GroundTruth | None) -> list[str]:
+    """Findings: a peer's claimed remote address that is not the address the lab gave the other end.
+
+    A mismatch is reported, never counted as evidence either way: the verdict rests on the ground truth."""
+    if ground is None:
+        return []
+    findings = []
+    ends = list(ground.sides.values())
+    for hit in outcome.chain.hits:
+        claimed = hit.facts.get("remote_addr")
+        side = ground.sides.get(hit.node)
+        direct_claim = str(hit.facts.get("relayed")).lower() == "false"
+        if not isinstance(claimed, str) or side is None or not direct_claim:
+            continue
+        others = [other for other in ends if other.node != side.node]
+        host, _port = parse_endpoint(claimed)
+        if others and host not in {other.public for other in others}:
+            gave = ", ".join(f"{other.node} {other.public}" for other in others)
+            findings.append(f"finding: {hit.name} claims remote_addr {claimed}; the lab gave {gave}")
+    return findings
+
+
+def _read_dir(report_dir: Path, folder: str, pattern: str) -> dict[str, tuple[str, str]]:
+    """`{stem: (report-relative file, text)}` of the sanitised artefacts in one report folder."""
+    directory = report_dir / folder
+    if not directory.is_dir():
+        return {}
+    return {path.stem: (f"{folder}/{path.name}", path.read_text()) for path in sorted(directory.glob(pattern))}
 
 
 def environment(backend: Backend, runbook: Runbook, scenario: Scenario) -> dict[str, Any]:

@@ -109,14 +109,22 @@ class Checker:
         known = {name: set(self.provided.get(name, set())) for name in self.nodes}
         for name, node in self.nodes.items():
             known[name] |= set(get_sut(node.sut).facts)
+        earlier: set[str] = set()
         for index, item in enumerate(chain):
             item_loc = (*loc, index)
             for alternative in item.alternatives():
                 definition = self.checkpoint(alternative.checkpoint or "", item_loc, optional=alternative.optional)
                 values = [v for v in alternative.where.values() if isinstance(v, str)]
-                self.templates([*values, *alternative.endpoints], (*item_loc, "expect"), known)
+                self.templates(values, (*item_loc, "expect"), known)
+                for node in alternative.between:
+                    self.node(node, (*item_loc, "between"))
+                if alternative.since is not None and alternative.since not in earlier:
+                    raise self.fail(
+                        (*item_loc, "since"), f"{alternative.since!r} is no earlier checkpoint of this chain"
+                    )
                 if definition is not None:
                     self.provide(alternative.checkpoint or "", definition, known)
+            earlier |= {alternative.checkpoint or "" for alternative in item.alternatives()}
 
 
 def address_facts(nodes: Mapping[str, RunbookNode]) -> dict[str, set[str]]:

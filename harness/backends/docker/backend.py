@@ -37,6 +37,7 @@ from harness.nat.profiles import get_profile
 from harness.nat.topology import node_host, router_chain
 
 CONNTRACK_EVENTS = "/var/log/dcutr-lab-conntrack.events"
+SOCKET_SAMPLES = "/var/log/dcutr-lab-sockets"
 
 
 @dataclass
@@ -97,6 +98,8 @@ class DockerBackend:
         runtime.host = node_host(self.lab, name, runtime.routers)
         if not runtime.routers:
             self._addresses[name] = NodeAddresses(node=name, lan_ip=None, public_ip=runtime.host.ip)
+            if role != Role.relay:
+                self._sample_sockets(name)
             return
         self._addresses[name] = NodeAddresses(
             node=name,
@@ -118,6 +121,16 @@ class DockerBackend:
             ["sh", "-c", f"exec stdbuf -oL conntrack -E -p tcp -o timestamp > {CONNTRACK_EVENTS} 2>&1"],
             detach=True,
         )
+
+    def _sample_sockets(self, host: str) -> None:
+        """A node without NAT has no router to witness its direct flow: sample its own established TCP sockets
+        (`[<epoch>] <ss -tnH columns>`) for the whole run, so the ground truth sees the connection even after it
+        closed."""
+        loop = (
+            "while :; do t=$(date +%s.%N); ss -tnH state established | while read -r line; "
+            f'do echo "[$t] $line"; done; sleep 0.2; done > {SOCKET_SAMPLES} 2>&1'
+        )
+        self.lab.container(host).get_wrapped_container().exec_run(["sh", "-c", loop], detach=True)
 
     def addresses(self) -> Mapping[str, NodeAddresses]:
         return dict(self._addresses)
@@ -215,6 +228,12 @@ class DockerBackend:
             ruleset = dest / f"{router}.nft"
             ruleset.write_text(self.lab.exec(router, ["nft", "list", "ruleset"], timeout=10).output)
             written.append(ruleset)
+        for name, runtime in self._nodes.items():
+            if not runtime.routers and runtime.role != Role.relay:
+                samples = self.lab.exec(name, ["cat", SOCKET_SAMPLES], timeout=10)
+                path = dest / f"{name}.sockets"
+                path.write_text(samples.output if samples.exit_code == 0 else "")
+                written.append(path)
         write_addresses(dest, self._addresses)
         return written
 

@@ -1,0 +1,184 @@
+"""Ground truth a SUT cannot forge: the direct flow as the lab's own routers and hosts recorded it.
+
+The `conntrack.established` pseudo checkpoint names two nodes (`between: [client, server]`). Where their
+addresses come from is the point: the lab assigned or measured them (Docker: the address it gave each router
+on transit; SSH: the inventory's public address; `verify --public NODE=ADDR`), never a peer's log. For each
+side:
+
+- behind NAT: every router on the path (cgnat: the home router and the carrier) must have logged, in its
+  `conntrack -E` event log, a TCP flow that reached ESTABLISHED and [ASSURED] whose addresses include that
+  router's own WAN address and the other side's public address, and none of the relay's addresses; its event
+  time is at or after the `since` checkpoint (minus the chain's clock skew), so a flow from before the punch
+  does not count. A table without event times (`conntrack -L` alone) cannot show when a flow was made.
+- without NAT: the host's own socket table, sampled during the run, must show the established connection to
+  the other side's public address.
+
+The two sides must then agree on one public 4-tuple (A's public address:port <-> B's public address:port), so
+two unrelated flows cannot add up to a direct path. Anything missing (no tables, no addresses the lab knows)
+is a Skip marked unverifiable: the verdict is then `unverified`, never `direct`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from harness.checkpoints import Evidence, Hit, Miss, Skip
+from harness.conntrack import Flow, parse_flows
+
+NAME = "conntrack.established"
+Endpoint = tuple[str, int | None]
+_SOCKET = re.compile(r"^\[(?P<ts>\d+(?:\.\d+)?)\]\s.*?(?P<local>\S+):(?P<lport>\d+)\s+(?P<peer>\S+):(?P<pport>\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class NatHop:
+    router: str
+    wan: str  # the router's own WAN address, as the report shows it (a placeholder)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One end of the claimed direct path, as the lab knows it."""
+
+    node: str
+    public: str  # the address the other side's packets carry (the outermost router's WAN, or the host's own)
+    hops: tuple[NatHop, ...] = ()  # innermost first; empty: no NAT, the host's socket table is the evidence
+
+
+@dataclass(frozen=True)
+class Socket:
+    line: int
+    text: str
+    ts: float
+    local: Endpoint
+    peer: Endpoint
+
+
+def parse_sockets(text: str) -> list[Socket]:
+    """Lines of the socket sampler: `[<epoch>] <ss -tnH state established columns> local:port peer:port`."""
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _SOCKET.match(line.strip())
+        if match:
+            local = (match["local"].strip("[]"), int(match["lport"]))
+            peer = (match["peer"].strip("[]"), int(match["pport"]))
+            found.append(Socket(number, line, float(match["ts"]), local, peer))
+    return found
+
+
+def _hosts(flow: Flow) -> set[str]:
+    return {host for host, _port in flow.endpoints()}
+
+
+def _port_of(flow: Flow, host: str) -> int | None:
+    return next((port for h, port in sorted(flow.endpoints(), key=str) if h == host), None)
+
+
+@dataclass
+class GroundTruth:
+    """The `conntrack.established` check, made by the engine (or `verify`) from what the lab knows."""
+
+    sides: Mapping[str, Side]
+    tables: Mapping[str, tuple[str, str]]  # router -> (report file, sanitised text)
+    sockets: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # node -> (report file, text)
+    excluded: frozenset[str] = frozenset()  # the relay's addresses: a flow touching one is not direct
+    skew: float = 2.0
+
+    def __call__(self, between: Sequence[str], not_before: float | None) -> Hit | Miss | Skip:
+        if len(between) != 2:
+            return Miss(NAME, f"names {len(between)} nodes; a direct path has two ends")
+        unknown = [node for node in between if node not in self.sides]
+        if unknown:
+            return _unverifiable(f"the lab knows no addresses of {', '.join(unknown)}")
+        a, b = (self.sides[node] for node in between)
+        evidence: list[Evidence] = []
+        facts: dict[str, str | int | None] = {}
+        pairs = []
+        for side, other in ((a, b), (b, a)):
+            outcome = self._side(side, other, not_before, evidence, facts)
+            if not isinstance(outcome, frozenset):
+                return outcome
+            pairs.append(outcome)
+        if pairs[0] != pairs[1]:
+            shown = [" <-> ".join(sorted(_show(e) for e in pair)) for pair in pairs]
+            return Miss(NAME, f"{a.node}'s side saw {shown[0]}, {b.node}'s side saw {shown[1]}: not one flow", evidence)
+        facts["a"], facts["b"] = sorted(_show(e) for e in pairs[0])
+        return Hit(NAME, "conntrack", "established", facts, evidence, line=0, time=None)
+
+    def _side(
+        self,
+        side: Side,
+        other: Side,
+        not_before: float | None,
+        evidence: list[Evidence],
+        facts: dict[str, str | int | None],
+    ) -> frozenset[Endpoint] | Miss | Skip:
+        if not side.hops:
+            return self._sockets(side, other, not_before, evidence)
+        pair: frozenset[Endpoint] | None = None
+        for hop in side.hops:
+            if hop.router not in self.tables:
+                return _unverifiable(f"no conntrack table was collected from {hop.router}")
+            file, text = self.tables[hop.router]
+            flows = [f for f in parse_flows(text) if f.ts is not None]
+            if not flows:
+                return _unverifiable(f"{hop.router}'s table has no conntrack event times (conntrack -E -o timestamp)")
+            between = [f for f in flows if f.protocol == "tcp" and {hop.wan, other.public} <= _hosts(f)]
+            good = [
+                f
+                for f in between
+                if f.state == "ESTABLISHED"
+                and f.assured
+                and not (_hosts(f) & self.excluded)
+                and (not_before is None or (f.ts or 0.0) >= not_before - self.skew)
+            ]
+            if not good:
+                return Miss(NAME, self._why_not(hop, other, between, not_before), evidence + self._near(file, between))
+            flow = good[0]
+            evidence.append(Evidence(file, flow.line, flow.text, note=hop.router))
+            facts[f"{hop.router}.state"] = "ESTABLISHED ASSURED"
+            pair = frozenset({(hop.wan, _port_of(flow, hop.wan)), (other.public, _port_of(flow, other.public))})
+        assert pair is not None
+        return pair  # the outermost hop's: the public 4-tuple
+
+    def _sockets(
+        self, side: Side, other: Side, not_before: float | None, evidence: list[Evidence]
+    ) -> frozenset[Endpoint] | Miss | Skip:
+        if side.node not in self.sockets:
+            return _unverifiable(f"no socket table of {side.node} (a node without NAT) was sampled")
+        file, text = self.sockets[side.node]
+        seen = [
+            s
+            for s in parse_sockets(text)
+            if s.peer[0] == other.public and (not_before is None or s.ts >= not_before - self.skew)
+        ]
+        if not seen:
+            return Miss(NAME, f"{side.node}'s socket table shows no established connection to {other.public}", evidence)
+        socket = seen[0]
+        evidence.append(Evidence(file, socket.line, socket.text, note=f"{side.node} sockets"))
+        return frozenset({(side.public, socket.local[1]), socket.peer})
+
+    def _why_not(self, hop: NatHop, other: Side, flows: Sequence[Flow], not_before: float | None) -> str:
+        base = f"{hop.router} logged no ESTABLISHED, ASSURED TCP flow between {hop.wan} and {other.public}"
+        if not flows:
+            return base
+        late = [f for f in flows if f.state == "ESTABLISHED" and f.assured]
+        if late and not_before is not None:
+            return f"{base} after the punch began (the only one was from before it)"
+        states = sorted({f.state or "?" for f in flows})
+        return f"{base} (seen only as {', '.join(states)})"
+
+    @staticmethod
+    def _near(file: str, flows: Iterable[Flow]) -> list[Evidence]:
+        return [Evidence(file, f.line, f.text, note="same hosts, not a direct flow") for f in list(flows)[:2]]
+
+
+def _unverifiable(reason: str) -> Skip:
+    return Skip(NAME, f"unverifiable: {reason}", unverified=True)
+
+
+def _show(endpoint: Endpoint) -> str:
+    host, port = endpoint
+    return f"{host}:{port}" if port is not None else host
