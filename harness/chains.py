@@ -111,7 +111,8 @@ def _evaluate_item(
             except TemplateError as error:
                 misses.append(Miss(alternative.checkpoint, f"cannot evaluate its facts: {error}"))
                 continue
-            not_before = None if last_time is None else last_time - clock_skew
+            tolerance = clock_skew if alternative.skew is None else alternative.skew
+            not_before = None if last_time is None else last_time - tolerance
             outcome = find(
                 log,
                 checkpoint,

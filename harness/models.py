@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from harness.durations import Seconds
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -248,6 +250,10 @@ class ChainItem(Strict):
     where: dict[str, FactValue] = Field(default_factory=dict)
     between: list[str] = Field(default_factory=list)
     since: str | None = None
+    skew: Seconds | None = Field(
+        default=None,
+        description="clock-skew tolerance for this item against the previous ones (0: strictly after them)",
+    )
     count: int = Field(default=1, ge=1, description="the checkpoint must be met on this many distinct lines")
     optional: bool = Field(default=False, description="skipped when the node's SUT does not define it")
 

@@ -90,6 +90,9 @@ class RunContext(Protocol):
 
     def collect(self) -> None: ...
 
+    def note(self, event: str, target: str) -> None:
+        """Record in the lab's own log (logs/lab.log) that the lab did `event` to `target`."""
+
     def sut_of(self, node: str) -> str:
         """The SUT a node runs."""
 
@@ -135,6 +138,7 @@ class StopStep(_NodeStep):
 
     def run(self, ctx: RunContext) -> str | None:
         ctx.backend.stop(self.node, self.timeout)
+        ctx.note("stopped", self.node)  # after the stop returned: the process is gone from here on
         ctx.pull()
         return None
 

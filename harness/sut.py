@@ -21,6 +21,21 @@ SUT_DIR = Path(__file__).resolve().parent / "suts"
 CONNTRACK = "conntrack"
 CONNTRACK_CHECKPOINTS = ("established",)
 
+# The pseudo node whose log is the lab's own record of what it did to the nodes (logs/lab.log): a chain can
+# require a peer's line after the lab stopped the relay, and no SUT can write that line.
+LAB = "lab"
+LAB_SUT = Sut(
+    name="lab",
+    description="the lab's own actions on the nodes, one JSON object a line",
+    format="json",
+    checkpoints={
+        "started": CheckpointDef(event="started", facts=["target"]),
+        "stopped": CheckpointDef(event="stopped", facts=["target"]),
+        "link_down": CheckpointDef(event="link_down", facts=["target"]),
+        "link_up": CheckpointDef(event="link_up", facts=["target"]),
+    },
+)
+
 
 def load_sut_file(path: Path) -> Sut:
     """Read and validate one SUT file; errors name the file and the field."""
@@ -62,6 +77,11 @@ def get_sut(name: str) -> Sut:
     if found is None:
         raise BadInput(f"unknown SUT {name!r} (known: {', '.join(sut_names())})")
     return found
+
+
+def pseudo_node(name: str) -> bool:
+    """Names no runbook node may take: they are the lab's own evidence."""
+    return name in (CONNTRACK, LAB)
 
 
 def find_checkpoint(sut: Sut, name: str, role: Role | None = None) -> CheckpointDef | None:

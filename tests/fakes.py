@@ -169,7 +169,15 @@ def client_script(dcutr: bool = True, fallback: bool = False) -> list[tuple[floa
                     protocol_version=7,
                 ),
             ),
-            (3.0, _json("shutdown", "client", reason="session complete")),
+            # one ping every 500 ms on the direct connection, outliving the relay-stop (~2.6 s after start)
+            *(
+                (
+                    2.6 + 0.5 * n,
+                    _json("kaspa_pong", "client", peer_id=SERVER_ID, nonce=n, connection_id=5, relayed=False),
+                )
+                for n in range(6)
+            ),
+            (5.5, _json("shutdown", "client", reason="session complete")),
         ]
     elif fallback:
         lines += [
@@ -318,5 +326,5 @@ def lab(dcutr: bool = True, fallback: bool = False, circuit: bool = True) -> Fak
             "server": server_script(dcutr),
             "client": client_script(dcutr, fallback),
         },
-        exits={"client": (4.5, 0 if (dcutr or fallback) else 1)},
+        exits={"client": (6.0 if dcutr else 4.5, 0 if (dcutr or fallback) else 1)},
     )

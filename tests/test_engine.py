@@ -41,11 +41,11 @@ def test_mixed_nat_direct(phase4, tmp_path):
     backend = lab()
     result, messages = _run(phase4, "mixed_nat", backend, tmp_path)
     assert result.verdict == Verdict.direct and result.as_expected and result.error is None
-    assert [c.status for c in result.checkpoints] == ["met"] * 8
+    assert [c.status for c in result.checkpoints] == ["met"] * 10
     assert result.timings["punch"] == pytest.approx(2.0, abs=0.5)
     assert result.timings["handshake"] is not None
     assert not backend.closed  # the caller owns the backend
-    assert any(m.startswith("step 5/8: start client") for m in messages)
+    assert any(m.startswith("step 5/10: start client") for m in messages)
 
     # Env was templated from facts learnt by the waits, with real addresses put back for the node.
     _, command, env = backend.starts["client"][0]
@@ -107,7 +107,7 @@ def test_a_wait_past_its_deadline_stops_the_steps_but_not_the_report(phase4, tmp
     assert "server.reservation_accepted not met within 30s" in result.error
     assert result.first_missing.name == "server.reservation_accepted"
     assert "client" not in backend.starts
-    assert [s.status for s in result.steps][3:] == ["failed", "skipped", "skipped", "skipped", "skipped"]
+    assert [s.status for s in result.steps][3:] == ["failed"] + ["skipped"] * 6
     assert backend.clock.now == pytest.approx(30.5, abs=1.0)  # waited on the fake clock, no real sleep
     assert (result.report_dir / "report.md").exists()
 
@@ -263,3 +263,20 @@ def test_a_claimed_remote_address_the_lab_did_not_give_is_a_finding(phase4, tmp_
     assert len(findings) == 1 and "client.handshake_direct claims remote_addr /ip4/<IP_" in findings[0]
     assert "the lab gave server <HOME_IP>" in findings[0]
     assert not [n for n in _run(phase4, "mixed_nat", lab(), tmp_path / "honest")[0].notes if n.startswith("finding")]
+
+
+def test_pongs_only_before_the_relay_stop_are_no_direct_session(phase4, tmp_path):
+    """The relay-stop proof: the same run whose session answers only until the relay died is not direct."""
+    backend = lab()
+    client = backend.scripts["client"]
+    # The relay is stopped ~2.6 s after the client started: keep only the pongs from before that.
+    backend.scripts = {
+        **backend.scripts,
+        "client": [(t, line) for t, line in client if "kaspa_pong" not in line or t < 2.6],
+    }
+    result, _ = _run(phase4, "mixed_nat", backend, tmp_path)
+    assert result.verdict != Verdict.direct
+    assert result.first_missing.name == "client.kaspa_pong"
+    assert "0 of 3 lines" in result.first_missing.reason
+    lab_log = (result.report_dir / "logs" / "lab.log").read_text()
+    assert '"event": "stopped", "target": "relay"' in lab_log

@@ -134,7 +134,7 @@ def test_expect_fact_must_be_known(tmp_path):
     def mutate(data):
         data["steps"][-1]["checkpoints"][4] = {"client.dcutr_direct": {"remote_peer_id": "{{ server.nickname }}"}}
 
-    assert "steps[7].checkpoints[4].expect: template variable 'server.nickname'" in _error(_write(tmp_path, mutate))
+    assert "steps[9].checkpoints[4].expect: template variable 'server.nickname'" in _error(_write(tmp_path, mutate))
 
 
 def test_expect_must_be_last(tmp_path):

@@ -32,7 +32,7 @@ from harness.results import RouterTable, ScenarioResult, StepRecord, phase_timin
 from harness.runbook.model import Runbook, Scenario
 from harness.sanitise import Sanitiser
 from harness.steps import StepFailed
-from harness.sut import get_sut
+from harness.sut import LAB, LAB_SUT, get_sut
 from harness.templating import TemplateError, render
 from harness.verdict import Outcome, as_expected, decide
 
@@ -132,13 +132,23 @@ class ScenarioRun:
         for name, node in self.topology.nodes.items():
             self.logs[name] = NodeLog(name, f"logs/{name}.log", get_sut(node.sut), node.role)
             (self.report_dir / "logs" / f"{name}.log").write_text("")
+        self.logs[LAB] = NodeLog(LAB, f"logs/{LAB}.log", LAB_SUT)
+        (self.report_dir / "logs" / f"{LAB}.log").write_text("")
         self.result.placeholders = self.sanitiser.placeholders()
 
     # -- logs ------------------------------------------------------------------------------------------
 
+    def note(self, event: str, target: str) -> None:
+        """The lab's own record (logs/lab.log): what it did to which node, and when (its own clock)."""
+        from datetime import UTC, datetime
+
+        stamp = datetime.fromtimestamp(self.seen_epoch(), tz=UTC).isoformat().replace("+00:00", "Z")
+        line = json.dumps({"ts": stamp, "node": LAB, "event": event, "target": target})
+        self._append(self.logs[LAB], [line])
+
     def pull(self, nodes: Sequence[str] | None = None) -> None:
         """Read what the nodes logged since the last pull; sanitise it; append it to the logs/ files."""
-        for name in nodes or list(self.logs):
+        for name in nodes or [n for n in self.logs if n != LAB]:
             log = self.logs[name]
             self._append(log, self.backend.log_lines(name, len(log.lines)))
 
@@ -195,6 +205,7 @@ class ScenarioRun:
         self.pull([node])
         self.logs[node].mark_restart()
         self.backend.start(node, command, env)
+        self.note("started", node)
         self.last_start[node] = (command, env)
         shown = " ".join(f"{k}={v}" for k, v in sorted(env.items()))
         return self.sanitiser.line(f"{' '.join(command)}  {shown}".strip())
@@ -233,6 +244,8 @@ class ScenarioRun:
         """If the backend stopped answering log_lines, the collected files still hold the rest."""
         for name, log in self.logs.items():
             path = raw_dir / f"{name}.log"
+            if name == LAB:
+                continue
             if path.is_file():
                 self._append(log, path.read_text(errors="replace").splitlines()[len(log.lines) :])
 

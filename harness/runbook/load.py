@@ -19,7 +19,16 @@ from harness.errors import BadInput
 from harness.models import Chain, CheckpointDef, nat_profile_names
 from harness.runbook.model import Runbook, RunbookNode
 from harness.steps import ExpectStep, Loc, StartStep, WaitStep
-from harness.sut import CONNTRACK, CONNTRACK_CHECKPOINTS, checkpoint_defined_anywhere, find_checkpoint, get_sut
+from harness.sut import (
+    CONNTRACK,
+    CONNTRACK_CHECKPOINTS,
+    LAB,
+    LAB_SUT,
+    checkpoint_defined_anywhere,
+    find_checkpoint,
+    get_sut,
+    pseudo_node,
+)
 from harness.templating import TemplateError, is_template, referenced_paths
 from harness.yamlsource import YamlSource, format_loc, load_yaml
 
@@ -91,6 +100,11 @@ class Checker:
                 known = ", ".join(CONNTRACK_CHECKPOINTS)
                 raise self.fail(loc, f"unknown checkpoint {ref!r} (conntrack has: {known})")
             return None
+        if node_name == LAB:
+            definition = find_checkpoint(LAB_SUT, checkpoint)
+            if definition is None:
+                raise self.fail(loc, f"unknown checkpoint {ref!r} (lab has: {', '.join(LAB_SUT.checkpoints)})")
+            return definition
         if node_name not in self.nodes:
             raise self.fail(loc, f"unknown checkpoint {ref!r}: no node {node_name!r} (known: {', '.join(self.nodes)})")
         spec = self.nodes[node_name]
@@ -152,8 +166,8 @@ def validate_runbook(runbook: Runbook, source: YamlSource | None = None) -> None
             raise fail(("nodes", name, "sut"), str(error)) from None
         if node.role not in sut.roles:
             raise fail(("nodes", name, "sut"), f"SUT {node.sut!r} does not say how to start a {node.role.value}")
-        if name == CONNTRACK:
-            raise fail(("nodes", name), f"{CONNTRACK!r} is reserved for the conntrack ground truth")
+        if pseudo_node(name):
+            raise fail(("nodes", name), f"{name!r} is reserved for the lab's own evidence")
 
     for index, scenario in enumerate(runbook.scenarios):
         for node_name, override in scenario.nodes.items():
