@@ -19,6 +19,7 @@ from rich.table import Table
 
 from harness.console import console
 from harness.errors import LabError
+from harness.results import ScenarioResult
 
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("setup", "punch", "handshake", "teardown", "total")
@@ -48,13 +49,14 @@ def bench_images(*, cold: bool, suts: list[str]) -> dict[str, float]:
     return figures
 
 
-def bench_scenario(runbook_path: Path, scenario_id: str, runs: int, reports: Path) -> list[dict[str, float | None]]:
+def _runs(runbook_path: Path, scenario_id: str, runs: int, reports: Path) -> list[tuple[ScenarioResult, float, float]]:
+    """`runs` fresh runs of one scenario: (result, wall seconds, seconds closing the backend) each."""
     from harness.backends.docker import DockerBackend
     from harness.labels import new_run_id
     from harness.runbook import load_runbook, run_scenario
 
     runbook = load_runbook(runbook_path)
-    samples: list[dict[str, float | None]] = []
+    done = []
     for index in range(1, runs + 1):
         run_id = new_run_id()
         began = time.perf_counter()
@@ -65,13 +67,22 @@ def bench_scenario(runbook_path: Path, scenario_id: str, runs: int, reports: Pat
             close_began = time.perf_counter()
             backend.close()
             closing = time.perf_counter() - close_began
+        total = time.perf_counter() - began
+        done.append((result, total, closing))
+        console.print(f"[muted]run {index}/{runs}: {result.verdict} in {total:.2f}s ({reports / run_id})[/]")
+        if not result.as_expected:
+            console.print(f"[warn]run {index} verdict {result.verdict}: {result.first_missing_text}[/]")
+    return done
+
+
+def bench_scenario(runbook_path: Path, scenario_id: str, runs: int, reports: Path) -> list[dict[str, float | None]]:
+    """Each run's phases (setup, the SUT's phases, teardown including closing the lab) and total."""
+    samples: list[dict[str, float | None]] = []
+    for result, total, closing in _runs(runbook_path, scenario_id, runs, reports):
         sample = dict(result.timings)
         sample["teardown"] = (sample.get("teardown") or 0.0) + closing
-        sample["total"] = time.perf_counter() - began
+        sample["total"] = total
         samples.append(sample)
-        console.print(f"[muted]run {index}/{runs}: {result.verdict} in {sample['total']:.2f}s ({reports / run_id})[/]")
-        if result.verdict != result.expected.verdict:
-            console.print(f"[warn]run {index} verdict {result.verdict}: {result.first_missing_text}[/]")
     return samples
 
 
@@ -84,30 +95,17 @@ def bench_steps(
     runbook_path: Path, scenario_id: str, runs: int, reports: Path
 ) -> tuple[list[dict[str, float]], list[str]]:
     """Each run's time per step (plus setup, teardown and total), for runbooks whose waits are the story."""
-    from harness.backends.docker import DockerBackend
-    from harness.labels import new_run_id
-    from harness.runbook import load_runbook, run_scenario
-
-    runbook = load_runbook(runbook_path)
     samples: list[dict[str, float]] = []
     verdicts: list[str] = []
-    for index in range(1, runs + 1):
-        run_id = new_run_id()
-        began = time.perf_counter()
-        backend = DockerBackend(run_id)
-        try:
-            result = run_scenario(runbook, scenario_id, backend, reports / run_id)
-        finally:
-            backend.close()
+    for result, total, closing in _runs(runbook_path, scenario_id, runs, reports):
         sample = {"setup": result.timings.get("setup") or 0.0}
         for step in result.steps:
             if step.duration is not None:
                 sample[f"{step.index + 1}. {step.summary}"] = step.duration
-        sample["teardown"] = result.timings.get("teardown") or 0.0
-        sample["total"] = time.perf_counter() - began
+        sample["teardown"] = (result.timings.get("teardown") or 0.0) + closing
+        sample["total"] = total
         samples.append(sample)
         verdicts.append(result.verdict.value)
-        console.print(f"[muted]run {index}/{runs}: {result.verdict} in {sample['total']:.2f}s ({reports / run_id})[/]")
     return samples, verdicts
 
 

@@ -14,7 +14,6 @@ sanitised text (placeholders instead of addresses). What counts as the direct fl
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 _FIELD = re.compile(r"(\w+)=(\S+)")
@@ -108,14 +107,3 @@ def parse_endpoint(text: str) -> tuple[str, int | None]:
             port = found.group("port")
             return found.group("host"), int(port) if port else None
     return value, None
-
-
-def outermost_routers(router_names: Sequence[str], private_nodes: Sequence[str]) -> list[str]:
-    """For each private node, the last of its routers (`server-router`, then `server-carrier`): the one on
-    transit, whose table shows the public endpoints. Router names are `<node>-<suffix>`, innermost first."""
-    chosen: list[str] = []
-    for node in private_nodes:
-        mine = [r for r in router_names if r.startswith(f"{node}-")]
-        if mine:
-            chosen.append(mine[-1])
-    return chosen
