@@ -16,6 +16,7 @@ Figures only: a benchmark never fails a build because a number is high.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -139,13 +140,20 @@ def bench_sanitise(lines: int, addresses: int, sanitiser: object | None = None) 
 
     clean = sanitiser if sanitiser is not None else Sanitiser()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    began = time.perf_counter()
+    elapsed = 0.0
     count = size = 0
-    for raw in sanitise_corpus(lines, addresses):
-        clean.line(raw, "bench")  # type: ignore[attr-defined]
-        count += 1
-        size += len(raw) + 1
-    elapsed = time.perf_counter() - began
+    source = sanitise_corpus(lines, addresses)
+    while True:
+        # Generated in chunks outside the clock: the figure is the sanitiser's, not the generator's.
+        chunk = list(itertools.islice(source, 10_000))
+        if not chunk:
+            break
+        began = time.perf_counter()
+        for raw in chunk:
+            clean.line(raw, "bench")  # type: ignore[attr-defined]
+        elapsed += time.perf_counter() - began
+        count += len(chunk)
+        size += sum(len(raw) + 1 for raw in chunk)
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     placeholders = len(getattr(clean, "known", {}))
     return {
