@@ -212,6 +212,10 @@ _COMMAND_START = re.compile(
 _SHA = frozenset({"sha1", "sha256", "sha512"})
 
 
+def _is_hex(name: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in name)
+
+
 def is_host(name: str) -> bool:
     """A name worth replacing: not an address (the address pass takes those), not localhost, not a number
     or a version (`1.2.3`, `v1.0.1`: a host name's last label has a letter)."""
@@ -236,6 +240,8 @@ def replace_hosts(text: str, low: str, host: Callable[[str], str]) -> str:
 
     def add(start: int, end: int) -> None:
         name = text[start:end].rstrip(".")
+        if len(name) <= 4 and text[start + len(name) : start + len(name) + 1] == ":" and _is_hex(name):
+            return  # the first group of an IPv6 address (`http://fc00::1:80/`): the address pass takes it
         if is_host(name):
             spans.append((start, start + len(name), host(name)))
 
