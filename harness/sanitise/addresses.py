@@ -196,10 +196,12 @@ def v6_split(
     glued_left = start > 0 and _word(text[start - 1])
     glued_right = end < len(text) and _word(text[end])
     offset = 0
-    if glued_left or (core.startswith(":") and not core.startswith("::")):
+    if core.startswith(":::"):
+        offset = 1  # `addr:::1`: a label's colon, then `::1`
+    elif glued_left or (core.startswith(":") and not core.startswith("::")):
         first = core.find(":")
-        if 0 <= first <= 2 and core[first + 1 : first + 2] != ":":
-            offset = first + 1
+        if 0 <= first <= 2 and (core[first + 1 : first + 2] != ":" or core[first + 1 : first + 3] == "::"):
+            offset = first + 1  # `id:2001:db8::1`, `id:::1`
         elif glued_left and core[first + 1 : first + 2] == ":":
             return None  # `core::transport`, `dcutr::Behaviour`
     core = core[offset:]

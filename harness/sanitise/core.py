@@ -319,7 +319,7 @@ class Sanitiser:
                 last = end
                 continue
             canonical = addr.v4_canonical(token)
-            if canonical is None or addr.v4_kept(canonical):
+            if canonical is None:
                 continue
             if addr.in_host_name(text, start, end):
                 start, end = addr.host_token(text, start, end)
@@ -327,6 +327,8 @@ class Sanitiser:
                     continue
                 out += [text[last:start], self._host(text[start:end])]
                 last = end
+                continue
+            if addr.v4_kept(canonical):
                 continue
             found = self.known.get(canonical)
             if found is None:

@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - google-re2 is a dependency; this keeps
 # Where `secrets.TOKEN_FORMATS` may match.
 TOKEN_WORDS = (
     r"gh[pousr]_|github_pat_|gl(?:pat|dt|rt|soat|ptt|cbt|imt|agent)-|_(?:live|test)_|whsec_|sk-"
-    r"|A(?:KIA|SIA|GPA|IDA|ROA|Iza)|xox[abposr]-|xapp-|npm_|pypi-|hf_|dop_v1_|SG\.|eyJ|CA[A-D][SI]|080[1-4]12"
+    r"|A(?:KIA|SIA|GPA|IDA|ROA|Iza)|xox[abposr]-|xapp-|npm_|pypi-|hf_|dop_v1_|SG\.|eyJ|CA[AEIM][SI]|080[0-3]12"
 )
 # Everything `secrets.scrub` and `secrets.KeyBlocks` look for, as words: a superset, never a subset.
 SECRET_WORDS = (

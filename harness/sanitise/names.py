@@ -85,7 +85,7 @@ _USER_PATTERNS: list[tuple[tuple[str, ...], bool, re.Pattern[str]]] = [
     # sudo, su, id
     (("password for ",), True, re.compile(rf"password for (?P<u>{USER})(?=:|\s|$)")),
     (("sudo:",), False, re.compile(rf"sudo:\s+(?P<u>{USER}) :")),
-    (("id=",), False, re.compile(rf"[ug]id=[0-9]+\((?P<u>{USER})\)")),
+    (("id=", "groups="), False, re.compile(rf"(?<=[=,])[0-9]+\((?P<u>{USER})\)")),
     (("sudo",), False, re.compile(rf"sudo\s+-u\s+(?P<u>{USER})")),
     (("su ",), False, re.compile(rf"(?:^|(?<=[\s;&|(]))su\s+(?:-\s+)?(?P<u>{USER})(?=\s|$)")),
     # `-o User=alice`, ssh_config `User alice`, `--user alice`, `--rpcuser alice`
@@ -104,6 +104,22 @@ def _user_value(text: str, start: int) -> tuple[int, int] | None:
     if match is None or match.group(0) in _KEPT_USERS:
         return None
     return match.span()
+
+
+_V4_AFTER_AT = re.compile(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9.])")
+
+
+def _address_after_at(text: str, at: int) -> bool:
+    """What follows `user@` is a host: a placeholder, an address, a name (`pkg@1.2.3` is a version)."""
+    if text.startswith("<", at) or text.startswith("[", at) or _V4_AFTER_AT.match(text, at):
+        return True
+    host = _HOST_RE.match(text, at)
+    if host is None:
+        return False
+    name = host.group(0)
+    if text.startswith(":", host.end()) and _is_hex(name):
+        return True  # `user@2001:db8::1`
+    return is_host(name) and not name.replace(".", "").isdigit()
 
 
 def replace_users(text: str, low: str) -> str:
@@ -133,7 +149,7 @@ def replace_users(text: str, low: str) -> str:
                 start -= 1
             while start < end and text[start] in ".+-":
                 start += 1
-            if start < end and _USER_RE.fullmatch(text, start, end):
+            if start < end and _USER_RE.fullmatch(text, start, end) and _address_after_at(text, end + 1):
                 host = _HOST_RE.match(text, end + 1)
                 if host is not None and host.end() < len(text) and text[host.end()] == "_":
                     continue  # `x@a_b` is no address
@@ -206,7 +222,7 @@ _SSH_FLAG_WITH_ARG = frozenset("BbcDEeFIiJLlmOoPpQRSWw")
 # Where a command starts: the line's start (after a shell prompt or `+ ` of `set -x`), after `;`, `&&`, `|`,
 # `$(`, a backquote or a quote, after `sudo`, `exec`, `timeout N`, `-e` (rsync/scp) or `command=`.
 _COMMAND_START = re.compile(
-    r"(?:^\s*(?:[$#%>+]+\s*|\S*[$#]\s+)?|[;&|(`\"']\s*|\$\(\s*|\b(?:sudo|exec|nohup|env|time)\s+|\btimeout\s+\S+\s+"
+    r"(?:^\s*(?:[$#%>+]+\s*|\S*[$#]\s+)|[;&|(`\"']\s*|\$\(\s*|\b(?:sudo|exec|nohup|env|time)\s+|\btimeout\s+\S+\s+"
     r"|-e\s+[\"']?|(?i:command|cmd|exec|running|run)\s*[:=]?\s*[\"'`]?)$"
 )
 _SHA = frozenset({"sha1", "sha256", "sha512"})

@@ -84,9 +84,9 @@ TOKEN_FORMATS = re.compile(
     r"|xox[abposr]-[A-Za-z0-9\-]{10,}|xapp-[A-Za-z0-9\-]{10,}|npm_[A-Za-z0-9]{30,}|pypi-[A-Za-z0-9_\-]{50,}"
     r"|hf_[A-Za-z0-9]{30,}|dop_v1_[a-f0-9]{64}|SG\.[A-Za-z0-9_\-]{16,}\.[A-Za-z0-9_\-]{16,}"
     r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,})(?![A-Za-z0-9_\-])"
-    # libp2p private keys: protobuf (key type 1-4, field 2), base64 or hex.
-    r"|CA[A-D][SI][A-Za-z0-9+/]{40,}={0,2}(?![A-Za-z0-9+/=])"
-    r"|080[1-4]12[0-9a-fA-F]{2}[0-9a-fA-F]{60,}(?![0-9A-Za-z])"
+    # libp2p keys: protobuf `KeyType` (0-3) then field 2 (`08 0t 12`), base64 (`CAES...`) or hex (`080112...`).
+    r"|CA[AEIM][SI][A-Za-z0-9+/]{40,}={0,2}(?![A-Za-z0-9+/=])"
+    r"|080[0-3]12[0-9a-fA-F]{2}[0-9a-fA-F]{60,}(?![0-9A-Za-z])"
 )
 # Cheap hints (lower-cased) that a TOKEN_FORMATS match may be on the line.
 _TOKEN_HINTS = (
