@@ -18,7 +18,7 @@ from pydantic import Field
 
 from harness.chains import bind, split_ref
 from harness.checkpoints import Hit, NodeLog, find, norm
-from harness.durations import Seconds
+from harness.durations import PositiveSeconds, Seconds
 from harness.models import Chain, CheckpointDef, FactValue, Phase, Strict
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ class WaitStep(Strict):
 
     action: Literal["wait"]
     checkpoint: str
-    within: Seconds
+    within: PositiveSeconds
     where: dict[str, FactValue] = Field(default_factory=dict)
 
     def check(self, ctx: CheckContext, loc: Loc) -> None:
@@ -221,7 +221,7 @@ class WaitExitStep(_NodeStep):
     """Wait until a node's process ends; `code` (when given) is the exit code it must end with."""
 
     action: Literal["wait_exit"]
-    within: Seconds
+    within: PositiveSeconds
     code: int | None = None
 
     def run(self, ctx: RunContext) -> str | None:

@@ -33,6 +33,9 @@ def verify(
     ] = None,
     hash_peer_ids: Annotated[bool, typer.Option("--hash-peer-ids", help="Replace peer ids by stable hashes.")] = False,
     sut_file: Annotated[Path | None, typer.Option("--sut-file", help="A SUT definition YAML of your own.")] = None,
+    replace_sut: Annotated[
+        bool, typer.Option("--replace-sut", help="Let --sut-file replace the built-in SUT of the same name.")
+    ] = False,
 ) -> None:
     """Match the logs in DIR in order, with facts; exit 0 when the verdict is as expected, 1 when not."""
     from harness.labels import new_run_id
@@ -41,7 +44,7 @@ def verify(
     from harness.verify import discover_logs, verify_logs, write_verification_report
 
     if sut_file is not None:
-        register_sut(load_sut_file(sut_file))
+        register_sut(load_sut_file(sut_file), source=sut_file, replace=replace_sut)
     try:
         expected = ScenarioExpect(verdict=ExpectedVerdict(expect))
     except ValueError:
