@@ -104,6 +104,14 @@ class _NodeStep(Strict):
             raise ctx.fail((*loc, "node"), f"node {self.node!r} is not started by an earlier step")
 
 
+def _check_own_templates(ctx: CheckContext, env: Mapping[str, str], args: Sequence[str], loc: Loc) -> None:
+    """A step's own env values and args, each checked at its own key, so an error names the line using it."""
+    for key, value in env.items():
+        ctx.templates([value], (*loc, "env", key))
+    for index, arg in enumerate(args):
+        ctx.templates([arg], (*loc, "args", index))
+
+
 class StartStep(Strict):
     action: Literal["start"]
     node: str
@@ -112,7 +120,8 @@ class StartStep(Strict):
 
     def check(self, ctx: CheckContext, loc: Loc) -> None:
         ctx.node(self.node, (*loc, "node"))
-        ctx.templates(ctx.start_templates(self.node, [*self.env.values(), *self.args]), (*loc, "start"))
+        _check_own_templates(ctx, self.env, self.args, loc)
+        ctx.templates(ctx.start_templates(self.node, []), (*loc, "start"))
         ctx.started.add(self.node)
 
     def run(self, ctx: RunContext) -> str | None:
@@ -144,7 +153,8 @@ class RestartStep(_NodeStep):
 
     def check(self, ctx: CheckContext, loc: Loc) -> None:
         super().check(ctx, loc)
-        ctx.templates(ctx.start_templates(self.node, list(self.env.values())), (*loc, "restart"))
+        _check_own_templates(ctx, self.env, [], loc)
+        ctx.templates(ctx.start_templates(self.node, []), (*loc, "restart"))
 
     def run(self, ctx: RunContext) -> str | None:
         ctx.pull()

@@ -70,7 +70,9 @@ def verify(
         clock_skew=skew,
     )
     out_dir = out or Path("reports") / f"verify-{new_run_id()}"
-    result = write_verification_report(verification, out_dir, sut_name=sut, expect=expected, source=str(logs))
+    # The report names the logs' directory only by its (sanitised) name: the path around it is the user's.
+    source = Path(logs).resolve().name or str(logs)
+    result = write_verification_report(verification, out_dir, sut_name=sut, expect=expected, source=source)
     console.print(_table(result))
     style = {"direct": "verdict.direct", "relayed": "verdict.relayed", "fail": "verdict.fail"}[result.verdict.value]
     console.print(
