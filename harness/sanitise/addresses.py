@@ -262,10 +262,21 @@ _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 
 
 def dash_left_ok(text: str, start: int) -> bool:
+    """Not in the middle of a longer dash-separated number (`2026-02-22-10-15`); `ec2-54-...` is fine: the
+    digit before the dash belongs to a label with letters."""
     if start == 0:
         return True
     before = text[start - 1]
-    return not before.isdigit() and not (before == "-" and start > 1 and text[start - 2].isdigit())
+    if before.isdigit():
+        return False
+    if before != "-":
+        return True
+    left = start - 1
+    while left > 0 and text[left - 1].isdigit():
+        left -= 1
+    if left == start - 1:
+        return True  # `ip-10-...`: no number before the dash
+    return left > 0 and text[left - 1].isalpha()
 
 
 def in_host_name(text: str, start: int, end: int) -> bool:
