@@ -19,7 +19,9 @@ after that (`core`: a dictionary look-up per dotted token, so the cost does not 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+from harness.sanitise.gates import GATES
 
 HOST = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62})(?:\.[A-Za-z0-9\-]{1,63})*"
 USER = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}\$?"
@@ -54,14 +56,6 @@ def _splice(text: str, spans: list[tuple[int, int, str]]) -> str:
     return "".join(out)
 
 
-def _has(text: str, hints: tuple[str, ...]) -> bool:
-    """Whether any of `hints` is in `text` (a loop: cheaper than any() over a generator)."""
-    for hint in hints:  # noqa: SIM110
-        if hint in text:
-            return True
-    return False
-
-
 # -- users ----------------------------------------------------------------------------------------------
 
 # (hints: any of them in the line, or in the lower-cased line for `low` ones; pattern; case-insensitive).
@@ -92,11 +86,14 @@ _USER_PATTERNS: list[tuple[tuple[str, ...], bool, re.Pattern[str]]] = [
     (("User",), False, re.compile(rf"-o\s*User=(?P<u>{USER})|^\s*User\s+(?P<v>{USER})\s*$", re.MULTILINE)),
     (("--",), True, re.compile(rf"--(?:rpcuser|user|username)\s+(?P<u>{USER})")),
 ]
+_USER_GATES = [GATES.words(hints, ignore_case=lowered) for hints, lowered, _pattern in _USER_PATTERNS]
 # `user=alice`, `USER=dave`, `ansible_user: deploy`, `"username": "bob"`, `--rpcuser=alice`, `LOGNAME=x`
 _USER_KEY = re.compile(r"(?:user|username|user_name|logname)(?![a-z0-9_])(?P<q>[\"']?)\s{0,4}[:=]\s{0,4}[\"']?")
 # `alice@host`, `git@github.com:`, `ubuntu@<SERVER_NAT_IP>`
 _AT = re.compile(rf"@(?!sha(?:1|256|512):)(?=<[A-Z]|\[?[0-9A-Fa-f:.]+\]?|{HOST})")
 _KEPT_USERS = frozenset({"", "-"})
+_G_USER_KEY = GATES.words(("user", "logname"), ignore_case=True)
+_G_AT = GATES.words(("@",))
 
 
 def _user_value(text: str, start: int) -> tuple[int, int] | None:
@@ -122,16 +119,17 @@ def _address_after_at(text: str, at: int) -> bool:
     return is_host(name) and not name.replace(".", "").isdigit()
 
 
-def replace_users(text: str, low: str) -> str:
+def replace_users(text: str, low: str, hits: Iterable[int] | None = None) -> str:
+    hits = set(GATES.hits(text) if hits is None else hits)
     spans: list[tuple[int, int, str]] = []
-    for hints, lowered, pattern in _USER_PATTERNS:
-        haystack = low if lowered else text
-        if not _has(haystack, hints):
+    for gate, (_hints, lowered, pattern) in zip(_USER_GATES, _USER_PATTERNS, strict=True):
+        if gate not in hits:
             continue
+        haystack = low if lowered else text
         for match in pattern.finditer(haystack):
             group = "v" if "v" in pattern.groupindex and match.group("v") is not None else "u"
             spans.append((*match.span(group), USER_PLACEHOLDER))
-    if "user" in low or "logname" in low:
+    if _G_USER_KEY in hits:
         for match in _USER_KEY.finditer(low):
             start = match.start()
             while start > 0 and match.start() - start < 64 and low[start - 1] in _WORDISH:
@@ -141,7 +139,7 @@ def replace_users(text: str, low: str) -> str:
             found = _user_value(text, match.end())
             if found is not None:
                 spans.append((*found, USER_PLACEHOLDER))
-    if "@" in text:
+    if _G_AT in hits:
         for match in _AT.finditer(text):
             end = match.start()
             start = end
@@ -205,6 +203,7 @@ _HOST_PATTERNS: list[tuple[tuple[str, ...], bool, re.Pattern[str]]] = [
         ),
     ),
 ]
+_HOST_GATES = [GATES.words(hints, ignore_case=lowered) for hints, lowered, _pattern in _HOST_PATTERNS]
 # `host=x`, `hostname: x`, `ansible_host: x`, `"rhost": "x"`, `HostName x` (ssh_config), `Host: x` (HTTP)
 _HOST_KEY = re.compile(
     r"(?:host|hostname|host_name|fqdn|server_name|dns_name)(?![a-z0-9_])[\"']?"
@@ -226,6 +225,10 @@ _COMMAND_START = re.compile(
     r"|-e\s+[\"']?|(?i:command|cmd|exec|running|run)\s*[:=]?\s*[\"'`]?)$"
 )
 _SHA = frozenset({"sha1", "sha256", "sha512"})
+_G_HOST_KEY = GATES.words(("host", "fqdn", "server_name", "dns_name"), ignore_case=True)
+_G_HOST_PORT = GATES.add(r"\.[A-Za-z][A-Za-z0-9\-]*:[0-9]")
+_G_SSH = GATES.words(("ssh ", "mosh "))
+_G_HOSTS_FILE = GATES.add(r"^\s*(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f:]*::|<[A-Z])[^\s]*\s+\S*\.")
 
 
 def _is_hex(name: str) -> bool:
@@ -251,7 +254,8 @@ def host_port_ok(name: str) -> bool:
     return name.rsplit(".", 1)[-1].lower() not in _FILE_SUFFIXES
 
 
-def replace_hosts(text: str, low: str, host: Callable[[str], str]) -> str:
+def replace_hosts(text: str, low: str, host: Callable[[str], str], hits: Iterable[int] | None = None) -> str:
+    hits = set(GATES.hits(text) if hits is None else hits)
     spans: list[tuple[int, int, str]] = []
 
     def add(start: int, end: int) -> None:
@@ -261,13 +265,13 @@ def replace_hosts(text: str, low: str, host: Callable[[str], str]) -> str:
         if is_host(name):
             spans.append((start, start + len(name), host(name)))
 
-    for hints, lowered, pattern in _HOST_PATTERNS:
-        haystack = low if lowered else text
-        if not _has(haystack, hints):
+    for gate, (_hints, lowered, pattern) in zip(_HOST_GATES, _HOST_PATTERNS, strict=True):
+        if gate not in hits:
             continue
+        haystack = low if lowered else text
         for match in pattern.finditer(haystack):
             add(*match.span("h"))
-    if "host" in low or "fqdn" in low or "server_name" in low or "dns_name" in low:
+    if _G_HOST_KEY in hits:
         for match in _HOST_KEY.finditer(low):
             start = match.start()
             glued = start > 0 and low[start - 1] in _WORDISH and low[start - 1] != "_"
@@ -277,7 +281,7 @@ def replace_hosts(text: str, low: str, host: Callable[[str], str]) -> str:
             found = _HOST_RE.match(text, match.end())
             if found is not None:
                 add(*found.span())
-    if ":" in text and "." in text:
+    if _G_HOST_PORT in hits:
         for match in _HOST_PORT.finditer(text):
             start = match.start()
             while start > 0 and match.start() - start < 253 and text[start - 1] in _WORDISH and text[start - 1] != "_":
@@ -292,9 +296,9 @@ def replace_hosts(text: str, low: str, host: Callable[[str], str]) -> str:
     if spans:
         spans.sort()
         text = _splice(text, spans)
-    if "ssh " in text or "mosh " in text:
+    if _G_SSH in hits:
         text = SSH_COMMAND.sub(lambda m: _ssh_command(m, host), text)
-    if "." in text and text[:1] in "0123456789abcdefABCDEF:< \t":
+    if _G_HOSTS_FILE in hits:
         match = _HOSTS_FILE.match(text)
         if match is not None and "." in match.group(2):
             names = match.group(2)
