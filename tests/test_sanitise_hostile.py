@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from harness.sanitise import Sanitiser
@@ -221,6 +221,7 @@ USER_CONTEXTS = [
 @PROPERTY
 @given(host=HOSTS, user=USERS, context=st.sampled_from(HOST_CONTEXTS))
 def test_host_names_go_in_their_contexts(host, user, context):
+    assume(host not in context.replace("{h}", ""))
     clean = Sanitiser().line(context.format(h=host, u=user))
     assert host not in clean, clean
     assert "<HOST_1>" in clean
@@ -229,6 +230,7 @@ def test_host_names_go_in_their_contexts(host, user, context):
 @PROPERTY
 @given(user=USERS, context=st.sampled_from(USER_CONTEXTS))
 def test_users_go_in_their_contexts(user, context):
+    assume(user not in context.replace("{u}", ""))
     clean = Sanitiser().line(context.format(u=user))
     assert user not in clean.replace("<USER>", ""), clean
     assert "<USER>" in clean
