@@ -225,9 +225,11 @@ class Sanitiser:
         hits = gates.GATES.hits(text)
         if hits:  # most lines hold neither secrets nor names: one RE2 pass says so
             hits = set(hits)
-            text = secrets.scrub(text, hits)
-            text = names.replace_users(text, _lower(text), hits)
-            text = names.replace_hosts(text, _lower(text), self._host, hits)
+            if hits & secrets.GATE_IDS:
+                text = secrets.scrub(text, hits)
+            if hits & names.GATE_IDS:
+                text = names.replace_users(text, _lower(text), hits)
+                text = names.replace_hosts(text, _lower(text), self._host, hits)
         text = self._addresses(text)
         if self._dotted_hosts and "." in text:
             text = self._known_dotted(text)

@@ -229,6 +229,7 @@ _G_HOST_KEY = GATES.words(("host", "fqdn", "server_name", "dns_name"), ignore_ca
 _G_HOST_PORT = GATES.add(r"\.[A-Za-z][A-Za-z0-9\-]*:[0-9]")
 _G_SSH = GATES.words(("ssh ", "mosh "))
 _G_HOSTS_FILE = GATES.add(r"^\s*(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f:]*::|<[A-Z])[^\s]*\s+\S*\.")
+GATE_IDS = frozenset([*_USER_GATES, _G_USER_KEY, _G_AT, *_HOST_GATES, _G_HOST_KEY, _G_HOST_PORT, _G_SSH, _G_HOSTS_FILE])
 
 
 def _is_hex(name: str) -> bool:
