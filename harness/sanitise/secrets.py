@@ -33,11 +33,6 @@ from harness.sanitise.gates import GATES
 SECRET = "<SECRET>"
 PRIVATE_KEY = "<PRIVATE_KEY>"
 
-_WORD = (
-    r"(?:password|passwd|passphrase|pass|pwd|secret|token|seed|mnemonic|credentials?|cookie|auth|apikey|keypair"
-    r"|privkey|(?:api|access|secret|private|priv|identity|signing|session|master|encryption|libp2p|node|ssh|auth"
-    r"|client|app|license|webhook)[_.\-]?key(?:pair)?)"
-)
 _PLAIN_WORDS = (
     "password", "passwd", "passphrase", "pass", "pwd", "secret", "token", "seed", "mnemonic", "credential",
     "credentials", "cookie", "auth", "apikey", "keypair", "privkey",
@@ -46,12 +41,11 @@ _QUALIFIERS = (
     "api", "access", "secret", "private", "priv", "identity", "signing", "session", "master", "encryption", "libp2p",
     "node", "ssh", "auth", "client", "app", "license", "webhook",
 )  # fmt: skip
-# Every name ending that makes a secret name, for one `str.endswith` (the same words as `_WORD`).
+# Every name ending that makes a secret name, for one `str.endswith`: the plain words, and `<qualifier>_key`.
 _WORD_ENDINGS = _PLAIN_WORDS + tuple(
     f"{q}{sep}{key}" for q in _QUALIFIERS for sep in ("", "_", ".", "-") for key in ("key", "keypair")
 )
 _AFTER_NAME = re.compile(r"(?P<q>[\"']?)(?:(?P<assign>\s{0,8}[=:]\s{0,8})|(?P<space>\s+)(?=[^\s\-]))")
-_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 _NAME_MASK = {i: ("n" if chr(i) in "abcdefghijklmnopqrstuvwxyz0123456789_.-" else " ") for i in range(128)}
 _ALNUM_MASK = {i: ("n" if chr(i) in "abcdefghijklmnopqrstuvwxyz0123456789" else " ") for i in range(128)}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
