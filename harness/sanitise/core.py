@@ -29,6 +29,7 @@ _JSON_RUN = re.compile(r"(?<![^\s\"'<>])[^\s\"'<>]*\\(?:u[0-9A-Fa-f]{4}|/)[^\s\"
 _JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})|\\/")
 # Characters an escape may be decoded to without changing what the text is (no quote, no backslash).
 _MISSING = object()
+_DIGITS = frozenset("0123456789")
 _CACHE_SIZE = 4096
 _DOT_LETTER = re.compile(r"\.[A-Za-z]")
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789./:@[]-_~=&+,;% ")
@@ -308,36 +309,48 @@ class Sanitiser:
         return f"{self._ip(canonical)}.{match.group(2)}"
 
     def _v4(self, text: str) -> str:
+        # The hot loop of a log full of addresses: the checks of `addresses.v4_left_ok` and
+        # `addresses.in_host_name` are written out here, and the common case (a canonical address seen
+        # before) costs one dictionary look-up.
         out: list[str] = []
         last = 0
+        size = len(text)
+        known_get = self.known.get
         for match in addr.V4.finditer(text):
             start, end = match.span()
-            if start < last or not addr.v4_left_ok(text, start):
+            if start < last:
                 continue
-            token = match.group(0)
-            found = self.known.get(token)  # the common case: a canonical address seen before
-            if found is not None and not addr.in_host_name(text, start, end):
-                out += [text[last:start], found]
-                last = end
-                continue
-            canonical = addr.v4_canonical(token)
-            if canonical is None:
-                continue
-            if addr.in_host_name(text, start, end):
+            if start:
+                before = text[start - 1]
+                if before in _DIGITS or (before == "." and start > 1 and text[start - 2] in _DIGITS):
+                    continue  # inside `1.10.0.0.1`
+                in_host = before == "." and start > 1 and (text[start - 2].isalpha() or text[start - 2] == "-")
+            else:
+                in_host = False
+            if not in_host and end + 1 < size and text[end] == "." and text[end + 1].isalpha():
+                in_host = True
+            token = match.group()
+            if in_host:
+                if addr.v4_canonical(token) is None:
+                    continue
                 start, end = addr.host_token(text, start, end)
                 if start < last:
                     continue
                 out += [text[last:start], self._host(text[start:end])]
                 last = end
                 continue
-            if addr.v4_kept(canonical):
-                continue
-            found = self.known.get(canonical)
+            found = known_get(token)
             if found is None:
-                if addr.version_context(text, start, end):
+                canonical = addr.v4_canonical(token)
+                if canonical is None or addr.v4_kept(canonical):
                     continue
-                found = self._ip(canonical)
-            out += [text[last:start], found]
+                found = known_get(canonical)
+                if found is None:
+                    if addr.version_context(text, start, end):
+                        continue
+                    found = self._ip(canonical)
+            out.append(text[last:start])
+            out.append(found)
             last = end
         if not out:
             return text
