@@ -28,6 +28,12 @@ _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _JSON_RUN = re.compile(r"(?<![^\s\"'<>])[^\s\"'<>]*\\(?:u[0-9A-Fa-f]{4}|/)[^\s\"'<>]*")
 _JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})|\\/")
 # Characters an escape may be decoded to without changing what the text is (no quote, no backslash).
+# Gates of the address passes, in the same RE2 pass as the others (supersets of what each pass takes).
+_G_DASH = gates.GATES.add(r"-[0-9]{1,3}-[0-9]{1,3}-")
+_G_ARRAY = gates.GATES.add(r"\[\s*[0-9]{1,5}\s*,")
+_G_V6 = gates.GATES.add(r"::|(?:[0-9A-Fa-f]{1,4}:){6}")
+_G_V4 = gates.GATES.add(r"\.[0-9]{1,3}\.[0-9]")
+_G_TCPDUMP = gates.GATES.add(r" > ")
 _MISSING = object()
 _DIGITS = frozenset("0123456789")
 _CACHE_SIZE = 4096
@@ -223,15 +229,13 @@ class Sanitiser:
         return run if clean == decoded else clean
 
     def _inline(self, text: str) -> str:
-        hits = gates.GATES.hits(text)
-        if hits:  # most lines hold neither secrets nor names: one RE2 pass says so
-            hits = set(hits)
-            if hits & secrets.GATE_IDS:
-                text = secrets.scrub(text, hits)
-            if hits & names.GATE_IDS:
-                text = names.replace_users(text, _lower(text), hits)
-                text = names.replace_hosts(text, _lower(text), self._host, hits)
-        text = self._addresses(text)
+        hits = set(gates.GATES.hits(text))  # one RE2 pass: which passes may find anything on this line
+        if hits & secrets.GATE_IDS:
+            text = secrets.scrub(text, hits)
+        if hits & names.GATE_IDS:
+            text = names.replace_users(text, _lower(text), hits)
+            text = names.replace_hosts(text, _lower(text), self._host, hits)
+        text = self._addresses(text, hits)
         if self._dotted_hosts and "." in text:
             text = self._known_dotted(text)
         if self._host_words is not None:
@@ -240,15 +244,15 @@ class Sanitiser:
             text = PEER_ID.sub(self._peer_hash, text)
         return text
 
-    def _addresses(self, text: str) -> str:
-        if "-" in text and addr.DASH_HINT.search(text):
+    def _addresses(self, text: str, hits: set[int]) -> str:
+        if _G_DASH in hits:
             text = self._dashed_hosts(text)
-        if "[" in text and "," in text:
+        if _G_ARRAY in hits:
             text = addr.ARRAY.sub(self._array, text)
-        if "::" in text or text.count(":") >= 6:  # an IPv6 address has `::` or seven colons (six and a v4 tail)
+        if _G_V6 in hits:  # an IPv6 address has `::` or seven colons (six and a v4 tail)
             text = self._v6(text)
-        if "." in text and addr.V4_HINT.search(text):
-            if " > " in text:
+        if _G_V4 in hits:
+            if _G_TCPDUMP in hits:
                 text = addr.TCPDUMP.sub(self._tcpdump, text)
             text = self._v4(text)
         return text

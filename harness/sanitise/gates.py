@@ -48,7 +48,7 @@ class GateSet:
             for pattern in self._patterns:
                 gates.Add(pattern.encode())
             gates.Compile()
-            self._match = lambda text: gates.Match(text.encode("utf-8", "surrogatepass"))
+            self._match = lambda text: gates.Match(text.encode("utf-8", "surrogatepass")) or ()  # None: no gate
         else:  # pragma: no cover
             compiled = [re.compile(p, re.MULTILINE) for p in self._patterns]
             self._match = lambda text: [i for i, p in enumerate(compiled) if p.search(text)]
