@@ -24,6 +24,6 @@ Every pass is linear in the length of the line (bounded candidates, look-behinds
 bounded number of times); `python -m harness.bench sanitise` measures lines/s and memory.
 """
 
-from harness.sanitise.core import Sanitiser, placeholder_name
+from harness.sanitise.core import Sanitiser, is_placeholder, placeholder_name
 
-__all__ = ["Sanitiser", "placeholder_name"]
+__all__ = ["Sanitiser", "is_placeholder", "placeholder_name"]

@@ -49,6 +49,11 @@ def _lower(text: str) -> str:
     return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
 
 
+def is_placeholder(text: str) -> bool:
+    """`<SERVER_NAT_IP>`: a value a report already shows sanitised."""
+    return PLACEHOLDER.fullmatch(text) is not None
+
+
 def placeholder_name(*parts: str) -> str:
     """`("server", "nat", "ip")` -> `<SERVER_NAT_IP>`; anything not alphanumeric becomes `_`."""
     name = "_".join(re.sub(r"[^A-Za-z0-9]+", "_", part).strip("_").upper() for part in parts if part)
