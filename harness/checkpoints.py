@@ -23,17 +23,18 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from harness.models import CheckpointDef, FactValue, Pattern, Role, Sut
-from harness.sut import find_checkpoint
+from harness.sut import compile_pattern, find_checkpoint
 
 _TIMESTAMP = re.compile(r"^\s*\[?(?P<ts>\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?)")
-_COMPILED: dict[str, re.Pattern[str]] = {}
+_COMPILED: dict[str, Any] = {}
 ADDRESS_FACTS = ("public_ip", "lan_ip")  # given by the backend, never overwritten by a log line
 
 
 def _regex(pattern: str) -> re.Pattern[str]:
+    """Compiled for linear-time matching (RE2, `harness.sut.compile_pattern`): no line can hang a run."""
     compiled = _COMPILED.get(pattern)
     if compiled is None:
-        compiled = _COMPILED[pattern] = re.compile(pattern)
+        compiled = _COMPILED[pattern] = compile_pattern(pattern)
     return compiled
 
 

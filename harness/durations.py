@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
@@ -16,6 +17,8 @@ def parse_duration(value: str | float | int) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a finite duration: {value!r}")
         if value < 0:
             raise ValueError(f"negative duration: {value!r}")
         return float(value)
@@ -26,5 +29,15 @@ def parse_duration(value: str | float | int) -> float:
     return float(number) * _UNITS[unit or "s"]
 
 
+def parse_positive_duration(value: str | float | int) -> float:
+    """As `parse_duration`, and more than zero: a deadline of `0s` can never be met."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"a duration of {value!r} can never be met: give more than 0s")
+    return seconds
+
+
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 """A pydantic field type: accepts "30s" / "500ms" / 12 and stores seconds as float."""
+PositiveSeconds = Annotated[float, BeforeValidator(parse_positive_duration)]
+"""`Seconds` that must be more than zero (a `within`)."""

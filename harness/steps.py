@@ -18,7 +18,7 @@ from pydantic import Field
 
 from harness.chains import bind, split_ref
 from harness.checkpoints import Hit, NodeLog, find, norm
-from harness.durations import Seconds
+from harness.durations import PositiveSeconds, Seconds
 from harness.models import Chain, CheckpointDef, FactValue, Phase, Strict
 
 if TYPE_CHECKING:
@@ -114,6 +114,14 @@ class _NodeStep(Strict):
             raise ctx.fail((*loc, "node"), f"node {self.node!r} is not started by an earlier step")
 
 
+def _check_own_templates(ctx: CheckContext, env: Mapping[str, str], args: Sequence[str], loc: Loc) -> None:
+    """A step's own env values and args, each checked at its own key, so an error names the line using it."""
+    for key, value in env.items():
+        ctx.templates([value], (*loc, "env", key))
+    for index, arg in enumerate(args):
+        ctx.templates([arg], (*loc, "args", index))
+
+
 class StartStep(Strict):
     action: Literal["start"]
     node: str
@@ -122,7 +130,8 @@ class StartStep(Strict):
 
     def check(self, ctx: CheckContext, loc: Loc) -> None:
         ctx.node(self.node, (*loc, "node"))
-        ctx.templates(ctx.start_templates(self.node, [*self.env.values(), *self.args]), (*loc, "start"))
+        _check_own_templates(ctx, self.env, self.args, loc)
+        ctx.templates(ctx.start_templates(self.node, []), (*loc, "start"))
         ctx.started.add(self.node)
 
     def run(self, ctx: RunContext) -> str | None:
@@ -155,7 +164,8 @@ class RestartStep(_NodeStep):
 
     def check(self, ctx: CheckContext, loc: Loc) -> None:
         super().check(ctx, loc)
-        ctx.templates(ctx.start_templates(self.node, list(self.env.values())), (*loc, "restart"))
+        _check_own_templates(ctx, self.env, [], loc)
+        ctx.templates(ctx.start_templates(self.node, []), (*loc, "restart"))
 
     def run(self, ctx: RunContext) -> str | None:
         ctx.pull()
@@ -184,7 +194,7 @@ class WaitStep(Strict):
 
     action: Literal["wait"]
     checkpoint: str
-    within: Seconds
+    within: PositiveSeconds
     where: dict[str, FactValue] = Field(default_factory=dict)
 
     def check(self, ctx: CheckContext, loc: Loc) -> None:
@@ -241,7 +251,7 @@ class WaitExitStep(_NodeStep):
     """Wait until a node's process ends; `code` (when given) is the exit code it must end with."""
 
     action: Literal["wait_exit"]
-    within: Seconds
+    within: PositiveSeconds
     code: int | None = None
 
     def run(self, ctx: RunContext) -> str | None:

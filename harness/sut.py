@@ -2,18 +2,30 @@
 
 They live as data in `harness/suts/<name>.yaml` (a user may add one with `--sut-file`); this module loads and
 validates them once and answers "which SUTs exist" and "what does SUT x call checkpoint y".
+
+Text patterns are matched with RE2 (`google-re2`), which runs in time linear in the line: a pattern that
+would backtrack catastrophically in Python's `re` (`(a+)+$`) cannot hang a run on a long line. A pattern RE2
+cannot run (look-arounds, back-references) is refused when the SUT file loads, naming its file, line and
+checkpoint.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
+from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from harness.errors import BadInput
 from harness.models import CheckpointDef, Role, Sut
+from harness.yamlsource import display_path, load_yaml, pydantic_message
+
+try:
+    import re2 as _re2  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - google-re2 is a dependency
+    _re2 = None
 
 SUT_DIR = Path(__file__).resolve().parent / "suts"
 
@@ -37,18 +49,36 @@ LAB_SUT = Sut(
 )
 
 
+def compile_pattern(pattern: str) -> Any:
+    """A checkpoint regex, compiled for linear-time matching (RE2); `re` only when RE2 is not installed."""
+    if _re2 is None:  # pragma: no cover
+        return re.compile(pattern)
+    return _re2.compile(pattern)
+
+
 def load_sut_file(path: Path) -> Sut:
-    """Read and validate one SUT file; errors name the file and the field."""
+    """Read and validate one SUT file; errors are one line naming the file, the line and the field."""
+    source = load_yaml(Path(path), "SUT definition")
+    if not isinstance(source.data, dict):
+        raise source.error((), "a SUT definition is a mapping (name, roles, checkpoints)")
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise BadInput(f"{path}: cannot read SUT definition: {error}") from None
-    try:
-        return Sut.model_validate(data)
+        sut = Sut.model_validate(source.data)
     except ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top)"
-        raise BadInput(f"{path}: {where}: {first['msg']}") from None
+        raise source.error(tuple(first["loc"]), pydantic_message(first)) from None
+    for section, patterns in (("facts", sut.facts), ("checkpoints", sut.checkpoints)):
+        for name, pattern in patterns.items():
+            if pattern.regex is None or _re2 is None:
+                continue
+            try:
+                compile_pattern(pattern.regex)
+            except Exception as error:  # re2.error
+                raise source.error(
+                    (section, name, "regex"),
+                    f"regex needs backtracking ({' '.join(str(error).split())}): look-arounds and back-references "
+                    "can take exponential time on a long line; write it without them",
+                ) from None
+    return sut
 
 
 @functools.cache
@@ -63,8 +93,14 @@ def _builtin() -> dict[str, Sut]:
 _extra: dict[str, Sut] = {}
 
 
-def register_sut(sut: Sut) -> None:
-    """Make a user's SUT file known for this process (the CLI's `--sut-file`)."""
+def register_sut(sut: Sut, *, source: Path | None = None, replace: bool = False) -> None:
+    """Make a user's SUT file known for this process (the CLI's `--sut-file`). A name of a built-in SUT is
+    refused unless `replace` says the user means to shadow it."""
+    if sut.name in _builtin() and not replace:
+        where = f"{display_path(source)}: " if source is not None else ""
+        raise BadInput(
+            f"{where}name: SUT {sut.name!r} is built in; rename yours, or pass --replace-sut to use it instead"
+        )
     _extra[sut.name] = sut
 
 

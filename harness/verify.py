@@ -5,6 +5,10 @@ name holds exactly one node name, like `phase4-relay-session.log`), sanitises th
 direct and relayed chains (or a runbook's `expect` step) and writes the same report a lab run writes.
 Conntrack tables (`<router>.conntrack`, raw `conntrack -L` output) in DIR become the ground truth; without
 them the ground-truth checkpoint is reported as skipped.
+
+A file that is not text (NUL bytes, or mostly bytes that are no UTF-8) is refused with one line before any
+report exists; what the report says about where the logs came from (the `--logs` directory, conntrack file
+names) goes through the run's sanitiser like the logs do.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from harness.sut import get_sut
 from harness.verdict import Outcome, as_expected, decide
 
 DEFAULT_NODES = ("relay", "server", "client")
+# A log with more undecodable bytes than this share is binary, not a log with a stray Latin-1 character.
+MAX_UNDECODABLE = 0.01
 LOG_SUFFIXES = (".log", ".txt", ".jsonl", ".out")
 
 
@@ -36,6 +42,7 @@ class Verification:
     start: float | None
     tables: dict[str, tuple[str, str]] | None = None  # router -> (report file, sanitised text)
     placeholders: list[str] | None = None
+    sanitiser: Sanitiser | None = None  # for what the report says besides the logs (never written anywhere)
     result: ScenarioResult | None = None  # written when a report was asked for
 
 
@@ -107,16 +114,17 @@ def verify_logs(
         hash_peer_ids=hash_peer_ids,
     )
     logs: dict[str, NodeLog] = {}
-    for node, path in files.items():
-        try:
-            text = path.read_text(errors="replace")
-        except OSError as error:
-            raise BadInput(f"{path}: cannot read: {error.strerror or error}") from None
+    texts = {node: read_log(path) for node, path in files.items()}  # every file checked before any work
+    conntrack_texts = {p: read_log(p) for p in conntrack_files}
+    for node, text in texts.items():
         role = Role(node) if node in Role.__members__ else None
         log = NodeLog(node, f"logs/{node}.log", sut, role)
         log.append(sanitiser.lines(text.splitlines(), stream=node))
         logs[node] = log
-    tables = {p.stem: (f"conntrack/{p.name}", sanitiser.text(p.read_text(errors="replace"))) for p in conntrack_files}
+    tables = {}
+    for path, text in conntrack_texts.items():
+        router = safe_name(sanitiser.line(path.stem))  # `ec2-54-1-2-3.conntrack` names a host
+        tables[router] = (f"conntrack/{router}{path.suffix}", sanitiser.text(text))
     ground_truth = _ground_truth(public, tables, sanitiser, clock_skew) if tables else None
     direct_result = evaluate_chain(direct, logs, conntrack=ground_truth, clock_skew=clock_skew)
     relayed_result = evaluate_chain(relayed, logs, conntrack=ground_truth, clock_skew=clock_skew) if relayed else None
@@ -126,6 +134,7 @@ def verify_logs(
         decide(direct_result, relayed_result), logs, dict(files), min(times) if times else None, tables=tables
     )
     verification.placeholders = sanitiser.placeholders()
+    verification.sanitiser = sanitiser
     return verification
 
 
@@ -144,6 +153,27 @@ def _ground_truth(
         router = next((stem for stem in (f"{node}-router", node) if stem in tables), None)
         sides[node] = Side(node, shown, (NatHop(router, shown),) if router else ())
     return GroundTruth(sides, tables, {}, frozenset(excluded), skew)
+
+
+def read_log(path: Path) -> str:
+    """A log's text; one BadInput line when it cannot be read or is not text (binary data)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as error:
+        raise BadInput(f"{path}: cannot read: {error.strerror or error}") from None
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise BadInput(f"{path}: not a text log (a NUL byte at offset {nul}: binary data?)")
+    text = raw.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if bad > max(16, MAX_UNDECODABLE * len(text)):
+        raise BadInput(f"{path}: not a text log ({bad} bytes that are not UTF-8: binary data?)")
+    return text
+
+
+def safe_name(text: str) -> str:
+    """A sanitised name usable as a file name: `<HOST_1>` becomes `HOST_1`."""
+    return "".join(c for c in text if c not in "<>/\\") or "unnamed"
 
 
 def write_verification_report(
@@ -169,6 +199,8 @@ def write_verification_report(
     outcome = verification.outcome
     expect = expect or ScenarioExpect(verdict=ExpectedVerdict.direct)
     start = verification.start or 0.0
+    if verification.sanitiser is not None and source:
+        source = verification.sanitiser.line(source)
     result = ScenarioResult(
         runbook=f"verify ({sut_name})",
         scenario_id="verify",

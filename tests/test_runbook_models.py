@@ -113,7 +113,10 @@ def test_template_variable_no_earlier_step_provides(tmp_path):
         data["steps"][2]["env"]["LIBP2P_REMOTE_PEER_ID"] = "{{ client.peer_id }}"  # client not waited on yet
 
     message = _error(_write(tmp_path, mutate))
-    assert "steps[2].start: template variable 'client.peer_id' is provided by no earlier step" in message
+    # the error points at the key that uses the variable (issue 13)
+    assert "steps[2].env.LIBP2P_REMOTE_PEER_ID: template variable 'client.peer_id' is provided by no earlier step" in (
+        message
+    )
 
 
 def test_template_variable_from_a_later_wait_is_refused(tmp_path):

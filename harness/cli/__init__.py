@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from harness.console import console, err_console
 from harness.errors import LabError
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as error:
         if _state["debug"]:
             console.print_exception()
-        err_console.print(f"[error]error:[/] {error}")
+        # One line, whatever the message holds: newlines folded, `[...]` not read as markup.
+        err_console.print(f"[error]error:[/] {escape(' '.join(str(error).split()))}")
         return error.exit_code
     except typer.Exit as done:
         return done.exit_code

@@ -44,6 +44,9 @@ def verify(
         bool,
         typer.Option("--accept-log-only", help="Let an unverified verdict (no ground truth) count as direct."),
     ] = False,
+    replace_sut: Annotated[
+        bool, typer.Option("--replace-sut", help="Let --sut-file replace the built-in SUT of the same name.")
+    ] = False,
 ) -> None:
     """Match the logs in DIR in order, with facts; exit 0 when the verdict is as expected, 1 when not."""
     from harness.labels import new_run_id
@@ -52,7 +55,7 @@ def verify(
     from harness.verify import discover_logs, verify_logs, write_verification_report
 
     if sut_file is not None:
-        register_sut(load_sut_file(sut_file))
+        register_sut(load_sut_file(sut_file), source=sut_file, replace=replace_sut)
     try:
         expected = ScenarioExpect(verdict=ExpectedVerdict(expect))
     except ValueError:
@@ -81,8 +84,10 @@ def verify(
         public=_pairs(public or [], "--public", "NODE=ADDR"),
     )
     out_dir = out or Path("reports") / f"verify-{new_run_id()}"
+    # The report names the logs' directory only by its (sanitised) name: the path around it is the user's.
+    source = Path(logs).resolve().name or str(logs)
     result = write_verification_report(
-        verification, out_dir, sut_name=sut, expect=expected, source=str(logs), accept_log_only=accept_log_only
+        verification, out_dir, sut_name=sut, expect=expected, source=source, accept_log_only=accept_log_only
     )
     console.print(_table(result))
     style = verdict_style(result.verdict.value)
