@@ -47,6 +47,15 @@ def test_scenario(scenario_case, images, run_dir: Path) -> None:
         assert sweep(run_id=run_id) == (0, 0), f"attempt lab {run_id} leaked"
     final = repeat.final
     missing = final.first_missing_text
+    if scenario.expect.direct_rate is not None:  # a matrix cell's band, judged on the Wilson interval
+        from harness.matrix import cell_ok, direct_rate
+
+        verdicts = [a.verdict.value for a in repeat.attempts]
+        assert cell_ok(scenario.expect, verdicts), (
+            f"{path.name}:{scenario.id}: direct rate {direct_rate(verdicts)} outside {scenario.expect.direct_rate}"
+            f" (verdicts {verdicts}); report: {run_dir}"
+        )
+        return
     assert repeat.label != "FAIL", (
         f"{path.name}:{scenario.id}: {repeat.label} after {len(repeat.attempts)} attempt(s): verdict "
         f"{final.verdict}, expected {final.expected}{f'; first missing: {missing}' if missing else ''}; "

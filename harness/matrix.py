@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from harness.models import ScenarioExpect
 from harness.runbook.model import Runbook, matrix_scenario_id
 
 
@@ -70,22 +71,32 @@ def grid(runbook: Runbook, results: Mapping[str, Sequence[str]] | None = None) -
         for client, cell in row.items():
             scenario_id = matrix_scenario_id(server, client)
             verdicts = list(results.get(scenario_id, ()))
-            rate = wilson(sum(v == "direct" for v in verdicts), len(verdicts)) if verdicts else None
+            rate = direct_rate(verdicts) if verdicts else None
             measured = None
             ok = None
             if verdicts:
                 kinds = sorted(set(verdicts))
                 measured = kinds[0] if len(kinds) == 1 else "mixed"
-                ok = _cell_ok(cell.expect.value, verdicts)
-            cells.append(Cell(server, client, scenario_id, cell.expect.value, cell.why, measured, rate, ok))
+                ok = cell_ok(cell.expectation, verdicts)
+            expected = cell.expect.value if cell.expect else f"direct rate {cell.direct_rate}"
+            cells.append(Cell(server, client, scenario_id, expected, cell.why, measured, rate, ok))
         rows.append(cells)
     return rows
 
 
-def _cell_ok(expected: str, verdicts: Sequence[str]) -> bool:
-    if expected == "flaky":
-        return all(v in ("direct", "relayed") for v in verdicts)
-    return all(v == expected for v in verdicts)
+def direct_rate(verdicts: Sequence[str]) -> Rate:
+    """The one definition of a success rate everywhere (run report, matrix, JSON): direct attempts / all."""
+    return wilson(sum(v == "direct" for v in verdicts), len(verdicts))
+
+
+def cell_ok(expect: ScenarioExpect, verdicts: Sequence[str]) -> bool:
+    """Every attempt gave the expected verdict; for a band, the Wilson interval of the direct rate meets it
+    (and every attempt ran to a verdict: a lab that broke is no measurement)."""
+    if expect.direct_rate is not None:
+        rate = direct_rate(verdicts)
+        ran = all(v in ("direct", "relayed") for v in verdicts)
+        return ran and expect.direct_rate.admits(rate.low, rate.high)
+    return all(v == expect.verdict.value for v in verdicts)
 
 
 def profiles(runbook: Runbook) -> tuple[list[str], list[str]]:

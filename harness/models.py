@@ -217,12 +217,36 @@ class Verdict(StrEnum):
 
 
 class ExpectedVerdict(StrEnum):
-    """What a scenario expects; `flaky` (matrix cells) accepts direct or relayed."""
+    """What a scenario expects. `rate`: a measured direct rate (a NAT-matrix cell's band): one attempt is as
+    expected when it ran to a verdict (direct or relayed); the cell is judged on the Wilson interval of all."""
 
     direct = "direct"
     relayed = "relayed"
     fail = "fail"
-    flaky = "flaky"
+    rate = "rate"
+
+
+class RateBand(Strict):
+    """A direct-rate band. It fails only when the 95% Wilson interval of the attempts lies wholly outside it:
+    the data exclude the band, not merely miss its centre."""
+
+    min: float = Field(default=0.0, ge=0.0, le=1.0)
+    max: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RateBand:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} above max {self.max}")
+        if self.min == 0.0 and self.max == 1.0:
+            raise ValueError("a band of 0..1 can never fail: give min or max")
+        return self
+
+    def admits(self, low: float, high: float) -> bool:
+        return high >= self.min and low <= self.max
+
+    def __str__(self) -> str:
+        parts = [f"≥{self.min:.0%}" if self.min > 0 else "", f"≤{self.max:.0%}" if self.max < 1 else ""]
+        return " and ".join(p for p in parts if p)
 
 
 def _chain_item_shorthand(value: Any) -> Any:
@@ -286,6 +310,7 @@ Chain = list[Annotated[ChainItem, BeforeValidator(_chain_item_shorthand)]]
 
 class ScenarioExpect(Strict):
     verdict: ExpectedVerdict
+    direct_rate: RateBand | None = Field(default=None, description="verdict `rate` only: the band of the cell")
     first_missing: str | None = Field(
         default=None, description="fail only: the checkpoint that must be the first one missed (name or node.name)"
     )
@@ -294,6 +319,8 @@ class ScenarioExpect(Strict):
     def _only_for_fail(self) -> ScenarioExpect:
         if self.first_missing and self.verdict != ExpectedVerdict.fail:
             raise ValueError("'first_missing' only applies to verdict 'fail'")
+        if (self.verdict == ExpectedVerdict.rate) != (self.direct_rate is not None):
+            raise ValueError("verdict 'rate' goes with a 'direct_rate' band, and only it")
         return self
 
 

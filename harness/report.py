@@ -292,7 +292,7 @@ def run_record(
     duration: float,
 ) -> dict[str, Any]:
     """The run-level record over scenarios, each with all its attempts."""
-    from harness.matrix import grid, profiles, wilson
+    from harness.matrix import cell_ok, direct_rate, grid, profiles
 
     scenarios = []
     for repeat in repeats:
@@ -308,7 +308,7 @@ def run_record(
             }
             for a in repeat.attempts
         ]
-        rate = wilson(sum(a.as_expected for a in repeat.attempts), len(repeat.attempts))
+        rate = direct_rate([a.verdict.value for a in repeat.attempts])
         scenarios.append(
             {
                 "id": repeat.scenario_id,
@@ -320,7 +320,9 @@ def run_record(
                     "verdict": final.expected.verdict.value,
                     "first_missing": final.expected.first_missing,
                 },
-                "as_expected": repeat.label != "FAIL",
+                "as_expected": cell_ok(final.expected, [a.verdict.value for a in repeat.attempts])
+                if final.expected.direct_rate is not None
+                else repeat.label != "FAIL",
                 "first_missing": None
                 if final.first_missing is None
                 else {"checkpoint": final.first_missing.name, "reason": final.first_missing.reason},

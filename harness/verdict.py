@@ -70,7 +70,7 @@ def as_expected(
     """`accept_log_only` (verify's explicit flag) lets an `unverified` verdict meet an expected `direct`."""
     if accept_log_only and verdict == Verdict.unverified and expect.verdict == ExpectedVerdict.direct:
         return True
-    if expect.verdict == ExpectedVerdict.flaky:
+    if expect.verdict == ExpectedVerdict.rate:
         return verdict in (Verdict.direct, Verdict.relayed)
     if verdict.value != expect.verdict.value:
         return False

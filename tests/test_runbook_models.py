@@ -45,8 +45,28 @@ def test_matrix_expands_to_one_scenario_per_cell():
     assert cell.expect.verdict == ExpectedVerdict.relayed
     assert cell.markers == ["matrix", "slow"]
     assert runbook.topology(cell).nodes["client"].nat_profile == "symmetric"
-    assert runbook.scenarios_by_id["matrix_openwrt_fw4_x_full_cone"].expect.verdict == ExpectedVerdict.flaky
+    banded = runbook.scenarios_by_id["matrix_openwrt_fw4_x_full_cone"].expect
+    assert banded.verdict == ExpectedVerdict.rate and banded.direct_rate is not None
     assert all(s.why for s in runbook.scenarios)
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ({"expect": "flaky", "why": "x"}, "Input should be 'direct', 'relayed'"),
+        ({"expect": "fail", "why": "x"}, "expects direct or relayed, or a direct_rate band"),
+        ({"why": "x"}, "exactly one of 'expect'"),
+        ({"expect": "direct", "direct_rate": {"min": 0.5}, "why": "x"}, "exactly one of 'expect'"),
+        ({"direct_rate": {}, "why": "x"}, "can never fail"),
+        ({"direct_rate": {"min": 0.8, "max": 0.2}, "why": "x"}, "above max"),
+    ],
+)
+def test_a_matrix_cell_that_cannot_fail_is_refused(tmp_path, cell, message):
+    data = yaml.safe_load((RUNBOOKS / "matrix.yaml").read_text())
+    data["matrix"]["cells"]["none"]["none"] = cell
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert message in _error(path)
 
 
 def _write(tmp_path: Path, mutate) -> Path:

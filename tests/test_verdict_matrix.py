@@ -30,9 +30,9 @@ def test_as_expected_with_first_missing():
     assert as_expected(Verdict.fail, Miss("client.dcutr_direct", ""), expect)
     assert not as_expected(Verdict.fail, Miss("server.reservation_accepted", ""), expect)
     assert not as_expected(Verdict.relayed, Miss("client.dcutr_direct", ""), expect)
-    flaky = ScenarioExpect(verdict=ExpectedVerdict.flaky)
-    assert as_expected(Verdict.direct, None, flaky) and as_expected(Verdict.relayed, None, flaky)
-    assert not as_expected(Verdict.fail, None, flaky)
+    rate = ScenarioExpect(verdict=ExpectedVerdict.rate, direct_rate={"min": 0.6})
+    assert as_expected(Verdict.direct, None, rate) and as_expected(Verdict.relayed, None, rate)
+    assert not as_expected(Verdict.fail, None, rate) and not as_expected(Verdict.unverified, None, rate)
     assert first_missing_matches(Miss("client.dcutr_direct | server.dcutr_direct", ""), "server.dcutr_direct")
 
 
@@ -72,3 +72,15 @@ def test_matrix_grid_compares_expected_and_measured():
     mixed = cells["matrix_symmetric_x_symmetric"]
     assert mixed.measured == "mixed" and mixed.as_expected is False and mixed.rate.trials == 2
     assert cells["matrix_full_cone_x_full_cone"].measured is None
+
+
+def test_a_rate_band_fails_only_when_the_interval_excludes_it():
+    from harness.matrix import cell_ok
+
+    band = ScenarioExpect(verdict=ExpectedVerdict.rate, direct_rate={"min": 0.6})
+    assert cell_ok(band, ["direct"] * 7 + ["relayed"] * 3)  # 70%: inside
+    assert cell_ok(band, ["direct"] * 4 + ["relayed"] * 6)  # 40%, interval 17%-69%: cannot exclude 60%
+    assert not cell_ok(band, ["direct"] * 1 + ["relayed"] * 9)  # 10%, interval 2%-40%: excluded
+    assert not cell_ok(band, ["direct"] * 9 + ["fail"])  # a broken lab is no measurement
+    ceiling = ScenarioExpect(verdict=ExpectedVerdict.rate, direct_rate={"max": 0.3})
+    assert not cell_ok(ceiling, ["direct"] * 9 + ["relayed"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from harness.models import ExpectedVerdict, Node, Role, ScenarioExpect, Strict, Topology
+from harness.models import ExpectedVerdict, Node, RateBand, Role, ScenarioExpect, Strict, Topology
 from harness.steps import ExpectStep, Step
 
 
@@ -45,9 +45,40 @@ class Scenario(Strict):
         return self.expect.verdict != ExpectedVerdict.direct
 
 
+class Measured(Strict):
+    """What a cell gave when it was last measured: when, over how many attempts, how many direct."""
+
+    date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    attempts: int = Field(ge=1)
+    direct: int = Field(ge=0)
+    wan_delay_ms: float = 20.0
+
+
 class MatrixCell(Strict):
-    expect: ExpectedVerdict
+    """One NAT pair: a verdict every attempt must give (`expect: direct|relayed`), or a band its direct rate must
+    stay in (`direct_rate: {min: 0.6}`), judged on the Wilson interval of its attempts. No cell that cannot fail."""
+
+    expect: ExpectedVerdict | None = None
+    direct_rate: RateBand | None = None
+    measured: Measured | None = None
     why: str
+
+    @model_validator(mode="after")
+    def _one_expectation(self) -> MatrixCell:
+        if (self.expect is None) == (self.direct_rate is None):
+            raise ValueError("give exactly one of 'expect' (direct or relayed) and 'direct_rate'")
+        if self.expect is not None and self.expect not in (ExpectedVerdict.direct, ExpectedVerdict.relayed):
+            raise ValueError(f"a matrix cell expects direct or relayed, or a direct_rate band (not {self.expect})")
+        if self.measured is not None and self.measured.direct > self.measured.attempts:
+            raise ValueError("measured.direct above measured.attempts")
+        return self
+
+    @property
+    def expectation(self) -> ScenarioExpect:
+        if self.direct_rate is not None:
+            return ScenarioExpect(verdict=ExpectedVerdict.rate, direct_rate=self.direct_rate)
+        assert self.expect is not None
+        return ScenarioExpect(verdict=self.expect)
 
 
 class Matrix(Strict):
@@ -106,7 +137,7 @@ class Runbook(Strict):
                     matrix.server_node: NodeOverride(nat_profile=server_profile),
                     matrix.client_node: NodeOverride(nat_profile=client_profile),
                 },
-                expect=ScenarioExpect(verdict=cell.expect),
+                expect=cell.expectation,
                 why=cell.why,
             )
             for server_profile, row in matrix.cells.items()
