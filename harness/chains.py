@@ -15,7 +15,7 @@ from typing import Any
 from harness.checkpoints import ADDRESS_FACTS, ChainResult, Hit, Miss, NodeLog, Skip, find, node_facts, norm
 from harness.models import ChainItem, FactValue
 from harness.sut import CONNTRACK, find_checkpoint
-from harness.templating import TemplateError, render
+from harness.templating import TemplateError, is_template, referenced_paths, render
 
 # The ground-truth pseudo checkpoint (harness.ground_truth.GroundTruth): (two nodes, not before) -> outcome.
 ConntrackCheck = Callable[[Sequence[str], float | None], Hit | Miss | Skip]
@@ -23,6 +23,22 @@ ConntrackCheck = Callable[[Sequence[str], float | None], Hit | Miss | Skip]
 
 def _expected(where: Mapping[str, FactValue], namespace: Mapping[str, Any]) -> dict[str, str]:
     return {key: render(value, namespace) if isinstance(value, str) else norm(value) for key, value in where.items()}
+
+
+def _session_of(
+    item: ChainItem, node: str, log: NodeLog, hits: Sequence[Hit], after_line: int
+) -> tuple[int, int | None]:
+    """Where on `node`'s log the item may match: after `after_line`, and, when its facts name an earlier hit on
+    the same node (`{{ client.handshake_direct.connection_id }}`), within that hit's process session."""
+    named = set()
+    for value in item.where.values():
+        if isinstance(value, str) and is_template(value):
+            named |= {path[1] for path in referenced_paths(value) if path[0] == node and len(path) > 2}
+    anchors = [hit for hit in hits if hit.node == node and hit.checkpoint in named]
+    if not anchors:
+        return after_line, None
+    before, end = log.session_bounds(anchors[-1].line)
+    return max(after_line, before), end
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -113,13 +129,15 @@ def _evaluate_item(
                 continue
             tolerance = clock_skew if alternative.skew is None else alternative.skew
             not_before = None if last_time is None else last_time - tolerance
+            after_line, before_line = _session_of(alternative, node, log, hits_so_far, last_line.get(node, 0))
             outcome = find(
                 log,
                 checkpoint,
                 expected=expected,
-                after_line=last_line.get(node, 0),
+                after_line=after_line,
                 not_before=not_before,
                 count=alternative.count,
+                before_line=before_line,
             )
         if isinstance(outcome, Hit):
             hits.append(outcome)

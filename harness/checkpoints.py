@@ -114,6 +114,7 @@ class NodeLog:
     role: Role | None = None
     lines: list[LogLine] = field(default_factory=list)
     session_start: int = 0  # number of the last line before the node's latest (re)start
+    starts: list[int] = field(default_factory=list)  # the last line before each (re)start, in order
 
     def append(self, texts: Iterable[str], seen: float | None = None) -> None:
         for text in texts:
@@ -121,6 +122,14 @@ class NodeLog:
 
     def mark_restart(self) -> None:
         self.session_start = len(self.lines)
+        self.starts.append(self.session_start)
+
+    def session_bounds(self, line: int) -> tuple[int, int | None]:
+        """(last line before, first line after) the process session that wrote `line`: a restarted process
+        numbers its connections afresh, so a fact of one session means nothing in another."""
+        before = max((start for start in self.starts if start < line), default=0)
+        after = min((start + 1 for start in self.starts if start >= line), default=None)
+        return before, after
 
 
 @dataclass(frozen=True)
@@ -265,6 +274,7 @@ def find(
     after_line: int = 0,
     not_before: float | None = None,
     count: int = 1,
+    before_line: int | None = None,
 ) -> Hit | Miss:
     """The first line of `log` after `after_line` that meets `checkpoint` with the `expected` fact values.
 
@@ -281,6 +291,8 @@ def find(
     for line in log.lines:
         if line.number <= after_line:
             continue
+        if before_line is not None and line.number >= before_line:
+            break
         result = match_line(definition, line)
         if result is None:
             continue

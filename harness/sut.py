@@ -128,7 +128,3 @@ def find_checkpoint(sut: Sut, name: str, role: Role | None = None) -> Checkpoint
     if role is not None and checkpoint.roles is not None and role not in checkpoint.roles:
         return None
     return checkpoint
-
-
-def checkpoint_defined_anywhere(name: str) -> bool:
-    return any(name in get_sut(s).checkpoints for s in sut_names())

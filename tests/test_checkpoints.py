@@ -287,3 +287,34 @@ def test_matching_runs_on_sanitised_text():
 def test_parse_timestamp(text, epoch):
     parsed = parse_timestamp(text)
     assert parsed == pytest.approx(epoch) if epoch else parsed is None
+
+
+def test_facts_of_one_process_session_do_not_bind_lines_of_the_next():
+    """A restarted client numbers its connections afresh: the second session's pongs on "its" connection 5
+    must not count for the first session's handshake on connection 5."""
+    import json
+
+    from harness.chains import evaluate_chain
+    from harness.models import ChainItem
+    from harness.sut import get_sut
+
+    def line(event: str, **facts) -> str:
+        return json.dumps({"ts": "2026-01-01T00:00:00Z", "node": "client", "event": event, **facts})
+
+    log = NodeLog("client", "logs/client.log", get_sut("reference"), Role.client)
+    for session in range(2):
+        log.mark_restart()
+        log.append([line("handshake_complete", peer_id="P", relayed=False, connection_id=5, remote_addr="a")])
+        log.append([line("kaspa_pong", connection_id=5, relayed=False)] * (1 if session == 0 else 3))
+    chain = [
+        ChainItem(checkpoint="client.handshake_direct", where={"peer_id": "P"}),
+        ChainItem(
+            checkpoint="client.kaspa_pong",
+            where={"connection_id": "{{ client.handshake_direct.connection_id }}", "relayed": False},
+            count=2,
+        ),
+    ]
+    result = evaluate_chain(chain, {"client": log})
+    assert result.first_missing is not None and "1 of 2 lines" in result.first_missing.reason
+    chain[1] = chain[1].model_copy(update={"count": 1})
+    assert evaluate_chain(chain, {"client": log}).complete

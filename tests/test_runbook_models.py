@@ -204,3 +204,13 @@ def test_optional_checkpoint_must_exist_in_some_sut(tmp_path):
         data["steps"][-1]["checkpoints"].append({"checkpoint": "relay.reservaton_closed", "optional": True})
 
     assert "unknown checkpoint 'relay.reservaton_closed'" in _error(_write(tmp_path, mutate))
+
+
+def test_an_optional_checkpoint_no_sut_of_this_runbook_defines_is_an_error(tmp_path):
+    """kaspad-bridge defines reservation_closed, the reference SUT does not: in a runbook of reference nodes an
+    optional reservation_closed would be skipped on every run, a check that never checks."""
+
+    def mutate(data):
+        data["steps"][-1]["checkpoints"].append({"checkpoint": "relay.reservation_closed", "optional": True})
+
+    assert "unknown checkpoint 'relay.reservation_closed'" in _error(_write(tmp_path, mutate))

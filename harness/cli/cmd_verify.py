@@ -28,9 +28,7 @@ def verify(
     runbook: Annotated[
         Path | None, typer.Option("--runbook", help="Use this runbook's expect step, not the SUT's.")
     ] = None,
-    expect: Annotated[
-        str, typer.Option("--expect", help="Verdict you expect: direct, relayed or fail.")
-    ] = "direct",
+    expect: Annotated[str, typer.Option("--expect", help="Verdict you expect: direct, relayed or fail.")] = "direct",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Report directory (default: reports/verify-<id>).")
     ] = None,
