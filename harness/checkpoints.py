@@ -229,6 +229,9 @@ def match_line(pattern: Pattern, line: LogLine) -> _LineMatch | None:
         if not found:
             return None
         facts = {k: v for k, v in found.groupdict().items() if v is not None}
+    for key, unwanted in pattern.unless.items():
+        if key in facts and _regex(unwanted).search(norm(facts[key])):
+            return None
     facts.update(pattern.set)
     for key, want in pattern.where.items():
         if norm(facts.get(key)) != norm(want):

@@ -69,6 +69,9 @@ class Pattern(Strict):
     regex: str | None = None
     facts: list[str] = Field(default_factory=list, description="JSON: the fields this pattern provides")
     where: dict[str, FactValue] = Field(default_factory=dict)
+    unless: dict[str, str] = Field(
+        default_factory=dict, description="fact -> regex: a line whose fact matches is not this pattern at all"
+    )
     set: dict[str, FactValue] = Field(default_factory=dict)
 
     @model_validator(mode="after")
