@@ -227,19 +227,31 @@ def load_record(report_dir: Path) -> dict[str, Any]:
     return record
 
 
+def _latency(punches: Sequence[float]) -> dict[str, float | None]:
+    from harness.charts import percentiles
+
+    p50, p95 = percentiles(punches)
+    return {"punch_p50_s": _round(p50), "punch_p95_s": _round(p95)}
+
+
 def render_dir(report_dir: Path) -> list[Path]:
-    """(Re)render report.md and junit.xml of a report dir from its report.json."""
+    """(Re)render report.md, junit.xml and the charts of a report dir from its report.json."""
+    from harness import charts
+
     report_dir = Path(report_dir)
     record = load_record(report_dir)
-    markdown = render_markdown(record)
+    drawn = charts.timeline(record, report_dir) if record.get("kind") == "scenario" else []
+    if record.get("matrix"):
+        drawn += charts.heatmap(record["matrix"], report_dir)
+    markdown = render_markdown(record, charts=[p.name for p in drawn if p.suffix == ".png"])
     (report_dir / "report.md").write_text(markdown)
     (report_dir / "junit.xml").write_text(render_junit(record))
     return [report_dir / "report.md", report_dir / "junit.xml"]
 
 
-def render_markdown(record: Mapping[str, Any]) -> str:
+def render_markdown(record: Mapping[str, Any], charts: Sequence[str] = ()) -> str:
     template = "scenario.md.j2" if record.get("kind") == "scenario" else "run.md.j2"
-    return _env().get_template(template).render(r=record, present=_present_columns)
+    return _env().get_template(template).render(r=record, present=_present_columns, charts=list(charts))
 
 
 def _present_columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[str]:
@@ -339,6 +351,10 @@ def run_record(
     matrix = None
     if runbook.matrix is not None:
         results = {s["id"]: [a["verdict"] for a in s["attempts"]] for s in scenarios}
+        punches = {
+            r.scenario_id: [a.timings["punch"] for a in r.attempts if a.timings.get("punch") is not None]
+            for r in repeats
+        }
         servers, clients = profiles(runbook)
         matrix = {
             "servers": servers,
@@ -353,6 +369,9 @@ def run_record(
                         "why": c.why,
                         "measured": c.measured,
                         "rate": str(c.rate) if c.rate else None,
+                        "direct": c.rate.successes if c.rate else 0,
+                        "trials": c.rate.trials if c.rate else 0,
+                        **_latency(punches.get(c.scenario_id, [])),
                         "as_expected": c.as_expected,
                     }
                     for c in row

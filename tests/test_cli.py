@@ -62,7 +62,7 @@ def test_verify_kaspad_bridge_with_ground_truth(tmp_path):
     assert main(["verify", "--logs", str(raw), "--sut", "kaspad-bridge", "-o", str(tmp_path / "r")]) == 1
     for path in (tmp_path / "r").rglob("*"):
         if path.is_file():
-            assert "10.0.3." not in path.read_text(), path
+            assert "10.0.3." not in path.read_bytes().decode("utf-8", "replace"), path
 
 
 def test_verify_with_explicit_node_files(tmp_path):

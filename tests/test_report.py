@@ -99,3 +99,80 @@ def test_wrong_schema_version_is_bad_input(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps({"schema": "dcutr-lab/report", "schema_version": 99}))
     with pytest.raises(BadInput, match="schema version 99"):
         load_record(tmp_path)
+
+
+def test_charts_are_drawn_from_the_json(tmp_path):
+    """A scenario report gets its timeline; a matrix run its heat map (PNG and SVG) with rates and latency."""
+    import json
+
+    from harness import charts
+    from harness.report import SCHEMA, SCHEMA_VERSION, render_dir
+
+    record = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "kind": "scenario",
+        "scenario": "s",
+        "verdict": "direct",
+        "checkpoints": [
+            {"name": "relay.listening", "node": "relay", "status": "met", "t": 0.4},
+            {"name": "client.dcutr_direct", "node": "client", "status": "met", "t": 2.0},
+        ],
+    }
+    assert charts.timeline(record, tmp_path) == [tmp_path / "timeline.png"]
+    assert (tmp_path / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    assert charts.timeline({**record, "checkpoints": []}, tmp_path / "none") == []  # nothing met: no chart
+    matrix = {
+        "servers": ["a", "b"],
+        "clients": ["a", "b"],
+        "cells": [
+            [
+                {"server": "a", "client": "a", "direct": 9, "trials": 10, "punch_p50_s": 1.2, "punch_p95_s": 2.0},
+                {"server": "a", "client": "b", "direct": 0, "trials": 0},
+            ],
+            [
+                {
+                    "server": "b",
+                    "client": "a",
+                    "direct": 2,
+                    "trials": 10,
+                    "as_expected": False,
+                    "punch_p50_s": 1.5,
+                    "punch_p95_s": 3.0,
+                },
+                {"server": "b", "client": "b", "direct": 0, "trials": 10},
+            ],
+        ],
+    }
+    drawn = charts.heatmap(matrix, tmp_path)
+    assert [p.name for p in drawn] == ["matrix.png", "matrix.svg"]
+    svg = (tmp_path / "matrix.svg").read_text()
+    assert "9/10" in svg and "2/10 ✗" in svg and "1.2s/2.0s" in svg
+    assert charts.percentiles([1.0, 2.0, 3.0, 10.0]) == (2.5, 10.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    for row in matrix["cells"]:  # the rest of a cell record, as run_record writes it
+        for cell in row:
+            cell.setdefault("as_expected", True)
+            cell.update(expected="direct", why="w", scenario="x", measured="direct" if cell["trials"] else None)
+            cell.update(rate=None, punch_p50_s=cell.get("punch_p50_s"), punch_p95_s=cell.get("punch_p95_s"))
+    (run / "report.json").write_text(
+        json.dumps(
+            {
+                "schema": SCHEMA,
+                "schema_version": SCHEMA_VERSION,
+                "kind": "run",
+                "run_id": "r1",
+                "runbook": "m",
+                "description": "",
+                "backend": "docker",
+                "started_at": None,
+                "duration_s": 0,
+                "as_expected": True,
+                "scenarios": [],
+                "matrix": matrix,
+            }
+        )
+    )
+    render_dir(run)
+    assert "![direct rate per NAT pair](matrix.png)" in (run / "report.md").read_text()
