@@ -14,6 +14,14 @@
 #   rst-server      the server's router answers unsolicited SYNs with RST (breaks simultaneous open
 #                   when the client's SYN arrives first)                                          [flaky]
 #   no-dcutr        masquerade, both peers with DCUTR_ENABLED=false (the negative control)          [no direct]
+#   relay-stop      masquerade, an 8 s session; the relay is stopped after the first pong:
+#                   the direct session keeps pinging                                [direct, client exit 0]
+#   relay-stop-relayed  no-dcutr with the relayed fallback, an 8 s session; the relay is stopped after the
+#                   first pong: the session dies with it                  [relayed, session_lost, exit 3]
+#   liar            masquerade, LAB_LIE_DIRECT=true on both peers (the lying-peer control): the logs say
+#                   direct, the routers hold no flow between the two NATs       [logs: direct, flow: no]
+# Every line also says whether the routers' conntrack tables hold a flow between the two NAT addresses
+# (flow: yes|no, the lab's ground truth; tables kept as rs.conntrack / rc.conntrack next to the logs).
 # Namespaces are named dlp-*; they are removed on exit.
 set -euo pipefail
 
@@ -23,14 +31,16 @@ P=dlp
 NODES="t rs rc s c"
 RELAY_PID=""
 SERVER_PID=""
+CLIENT_PID=""
 
 ns() { ip netns exec "$P-$1" "${@:2}"; }
 # Background peers are started with `ip netns exec` itself, not through ns(): a function runs in a forked
 # subshell, so $! would be that shell and SIGTERM would never reach the peer.
 
 stop_peers() {
-    for pid in $SERVER_PID $RELAY_PID; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in $SERVER_PID $RELAY_PID; do wait "$pid" 2>/dev/null || true; done
+    for pid in $CLIENT_PID $SERVER_PID $RELAY_PID; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in $CLIENT_PID $SERVER_PID $RELAY_PID; do wait "$pid" 2>/dev/null || true; done
+    CLIENT_PID=""
     SERVER_PID=""
     RELAY_PID=""
 }
@@ -104,7 +114,7 @@ peer_id() { python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())[
 
 # run SCENARIO: prints "SCENARIO: direct|relayed|none (client exit N)"
 run() {
-    local name=$1 server_env=() client_env=()
+    local name=$1 server_env=() client_env=(SESSION_SECS=1) stop_relay=false
     up
     case $name in
         masquerade) ;;
@@ -114,7 +124,14 @@ run() {
             ns rc nft flush chain ip nat postrouting
             ns rc nft add rule ip nat postrouting oifname wan masquerade random,fully-random ;;
         rst-server) ns rs nft add rule ip filter input iifname wan meta l4proto tcp reject with tcp reset ;;
-        no-dcutr) server_env=(DCUTR_ENABLED=false); client_env=(DCUTR_ENABLED=false) ;;
+        no-dcutr) server_env=(DCUTR_ENABLED=false); client_env=(DCUTR_ENABLED=false SESSION_SECS=1) ;;
+        relay-stop) client_env=(SESSION_SECS=8); stop_relay=true ;;
+        # The liar refuses a fallback setting (it would look like an honest fallback): switch it off.
+        liar) server_env=(LAB_LIE_DIRECT=true); client_env=(LAB_LIE_DIRECT=true ALLOW_RELAY_FALLBACK=false SESSION_SECS=3) ;;
+        relay-stop-relayed)
+            server_env=(DCUTR_ENABLED=false)
+            client_env=(DCUTR_ENABLED=false SESSION_SECS=8 DIRECT_DEADLINE_SECS=2)
+            stop_relay=true ;;
         *) echo "unknown scenario $name" >&2; return 2 ;;
     esac
     local dir=$OUT/$name
@@ -131,9 +148,26 @@ run() {
     local server
     server=$(peer_id "$dir/server.log")
     local code=0
-    ns c env LIBP2P_REMOTE_PEER_ID="$server" LIBP2P_REMOTE_MULTIADDRS="$relay/p2p-circuit/p2p/$server" \
+    ip netns exec "$P-c" env LIBP2P_REMOTE_PEER_ID="$server" LIBP2P_REMOTE_MULTIADDRS="$relay/p2p-circuit/p2p/$server" \
         LIBP2P_IDENTITY_SEED=netns-client ALLOW_RELAY_FALLBACK=true DIRECT_DEADLINE_SECS="${DIRECT_DEADLINE_SECS:-15}" \
-        SESSION_SECS=1 "${client_env[@]}" "$BIN/kaspa_p2p_client" >"$dir/client.log" 2>"$dir/client.err" || code=$?
+        "${client_env[@]}" "$BIN/kaspa_p2p_client" >"$dir/client.log" 2>"$dir/client.err" &
+    CLIENT_PID=$!
+    local stopped=""
+    if $stop_relay; then
+        # The session has started once the first pong is in; then the relay goes (SIGTERM, as the lab stops it).
+        for _ in $(seq 400); do grep -qs '"kaspa_pong"' "$dir/client.log" && break; sleep 0.1; done
+        kill -TERM "$RELAY_PID" 2>/dev/null || true
+        wait "$RELAY_PID" 2>/dev/null || true
+        RELAY_PID=""
+        stopped=$(wc -l <"$dir/client.log")
+    fi
+    wait "$CLIENT_PID" || code=$?
+    CLIENT_PID=""
+    # Ground truth before anything else closes: a flow from one NAT's public address to the other's.
+    local flow=no
+    ns rs conntrack -L -p tcp >"$dir/rs.conntrack" 2>/dev/null || true
+    ns rc conntrack -L -p tcp >"$dir/rc.conntrack" 2>/dev/null || true
+    if grep -q '198\.18\.0\.3' "$dir/rs.conntrack" && grep -q '198\.18\.0\.2' "$dir/rc.conntrack"; then flow=yes; fi
     stop_peers
     local outcome=none
     if grep -q '"event":"handshake_complete".*"relayed":false' "$dir/client.log"; then
@@ -141,7 +175,14 @@ run() {
     elif grep -q '"event":"handshake_complete".*"relayed":true' "$dir/client.log"; then
         outcome=relayed
     fi
-    echo "$name: $outcome (client exit $code; logs in $dir)"
+    local after=""
+    if [ -n "$stopped" ]; then
+        local pongs lost=no
+        pongs=$(tail -n +"$((stopped + 1))" "$dir/client.log" | grep -c '"event":"kaspa_pong"' || true)
+        grep -q '"event":"session_lost"' "$dir/client.log" && lost=yes
+        after="; after the relay stopped: $pongs pongs, session_lost $lost"
+    fi
+    echo "$name: $outcome, flow: $flow (client exit $code$after; logs in $dir)"
 }
 
 if [ "$(id -u)" != 0 ]; then echo "run as root (network namespaces and nftables)" >&2; exit 2; fi

@@ -9,8 +9,14 @@
 //! AwaitingDirect --relayed connection closed---------------------------------> ReachingServer
 //! AwaitingDirect --DCUtR ok / the server's punch after INBOUND_GRACE----------> InSession       [UseDirect]
 //! AwaitingDirect --direct deadline, fallback allowed--------------------------> InSession       [FallBack]
+//! ReachingServer --relayed connection, LAB_LIE_DIRECT--------------------------> InSession       [LieDirect]
+//! InSession      --the session's connection closed---------------------------> Done  [ReportLost, Exit 3]
 //! any            --failure, or the session's end----------------------------> Done            [Exit]
 //! ```
+//!
+//! In session, losing any other connection (the relayed one, the relay itself) changes nothing: a session on
+//! a direct connection outlives the relay. A session whose stream fails waits up to [`LOST_GRACE`] for its
+//! connection's close (the two race): then it is lost (exit 3), else it failed (exit 1).
 
 use std::time::Duration;
 
@@ -18,6 +24,7 @@ use libp2p::swarm::ConnectionId;
 use libp2p::PeerId;
 use tokio::time::Instant;
 
+use crate::node::{EXIT_FAILED, EXIT_SESSION_LOST};
 use crate::streams;
 
 /// How long to wait for the relay's identify (our observed address) before dialling the server anyway.
@@ -26,6 +33,9 @@ pub const OBSERVE_GRACE: Duration = Duration::from_secs(5);
 pub const REACH_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a direct connection opened by the server's DCUtR dial waits for our own DCUtR result.
 pub const INBOUND_GRACE: Duration = Duration::from_secs(1);
+/// How long a session whose stream failed waits for its connection's close before it counts as failed, not
+/// lost (the stream error and the swarm's `ConnectionClosed` arrive in either order).
+pub const LOST_GRACE: Duration = Duration::from_secs(2);
 
 /// What the client was told to do.
 #[derive(Debug, Clone)]
@@ -34,6 +44,35 @@ pub struct Settings {
     pub dcutr: bool,
     pub fallback: bool,
     pub direct_deadline: Duration,
+    /// The lying-peer control ([`crate::lie`]): run the session on the relayed connection, claimed direct.
+    pub lie: bool,
+}
+
+/// How far the session got (the `stage` fact of `session_lost`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The handshake stream is being opened or the handshake runs.
+    Handshake,
+    /// The handshake completed; pings run.
+    Session,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::Session => "session",
+        }
+    }
+}
+
+/// Why the session task stopped early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFailure {
+    pub reason: String,
+    /// The stream or its connection failed (closed, timed out), as opposed to the peer refusing us (Reject,
+    /// wrong network).
+    pub transport: bool,
 }
 
 /// Where the run is.
@@ -49,29 +88,16 @@ pub enum Phase {
         relayed: ConnectionId,
         deadline: Instant,
     },
-    /// The handshake and session run on `conn` (direct, or the relayed one on fallback).
-    InSession { conn: ConnectionId },
+    /// The handshake and session run on `conn` (direct, or the relayed one on fallback or for the liar).
+    InSession { conn: ConnectionId, stage: Stage },
     /// An `Exit` was returned.
     Done,
 }
 
-/// Where a direct connection came from (the `source` fact of `direct_connection`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// Our own DCUtR dial (the `dcutr` ok names the same connection).
-    Dcutr,
-    /// The server's DCUtR dial, which reached our listener (the server's log has the `dcutr` ok).
-    Inbound,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Dcutr => "dcutr",
-            Self::Inbound => "inbound",
-        }
-    }
-}
+/// Where a direct connection came from (the `source` fact of `direct_connection` and `session_connection`):
+/// `Dcutr` (our own DCUtR dial; the `dcutr` ok names the same connection) or `Inbound` (the server's DCUtR
+/// dial reached our listener; the server's log has the `dcutr` ok).
+pub use crate::session::Source;
 
 /// What happened.
 #[derive(Debug)]
@@ -90,6 +116,8 @@ pub enum Input {
     },
     Closed {
         conn: ConnectionId,
+        /// libp2p's reason, if it gave one.
+        cause: Option<String>,
     },
     DialFailed {
         peer: PeerId,
@@ -99,7 +127,9 @@ pub enum Input {
         peer: PeerId,
         conn: ConnectionId,
     },
-    SessionEnded(Result<(), String>),
+    /// The session's handshake completed.
+    HandshakeDone,
+    SessionEnded(Result<(), SessionFailure>),
     /// Time passed (the driver calls this at [`Client::wake_at`]).
     Tick,
 }
@@ -118,10 +148,16 @@ pub enum Action {
     },
     /// Log `relay_fallback` and run the session on the relayed connection `conn`.
     FallBack { conn: ConnectionId, reason: String },
+    /// The lying-peer control: claim the relayed connection `conn` is a direct one DCUtR punched (log it so)
+    /// and run the session on it.
+    LieDirect { conn: ConnectionId },
     /// Log `dial_failed` for the server.
     ReportDialFailed { reason: String },
-    /// Log `handshake_failed`.
-    ReportHandshakeFailed { reason: String },
+    /// Log `handshake_failed` (stage handshake) or `session_failed` (stage session) for the session's
+    /// connection.
+    ReportFailed { stage: Stage, reason: String },
+    /// Log `session_lost`: the connection the session ran on closed under it.
+    ReportLost { stage: Stage, reason: String },
     /// Log `shutdown` and exit with `code`.
     Exit { reason: String, code: i32 },
 }
@@ -130,12 +166,25 @@ pub enum Action {
 pub trait Connections {
     /// An open, non-relayed connection (not a circuit, not to a relay's address).
     fn is_direct(&self, conn: ConnectionId) -> bool;
+    /// An open connection, relayed or not.
+    fn is_open(&self, conn: ConnectionId) -> bool;
 }
 
 impl Connections for streams::Behaviour {
     fn is_direct(&self, conn: ConnectionId) -> bool {
         self.connection(conn).is_some_and(|c| !c.relayed)
     }
+    fn is_open(&self, conn: ConnectionId) -> bool {
+        self.connection(conn).is_some()
+    }
+}
+
+/// A session whose stream failed while its connection still looked open: lost if the close follows by
+/// `until`, failed otherwise.
+#[derive(Debug, Clone)]
+struct Failing {
+    reason: String,
+    until: Instant,
 }
 
 /// A direct connection the server's DCUtR dial opened to our listener, used at `use_at` unless our own DCUtR
@@ -155,6 +204,7 @@ pub struct Client {
     /// Dial the server by then even without the relay's identify (set when the relays are dialled).
     observe_by: Option<Instant>,
     inbound: Option<Inbound>,
+    failing: Option<Failing>,
 }
 
 impl Client {
@@ -165,6 +215,7 @@ impl Client {
             reach_by: now + REACH_DEADLINE + OBSERVE_GRACE,
             observe_by: None,
             inbound: None,
+            failing: None,
         }
     }
 
@@ -182,7 +233,8 @@ impl Client {
                 .min(),
             Phase::ReachingServer => Some(self.reach_by),
             Phase::AwaitingDirect { deadline, .. } => Some(deadline),
-            Phase::InSession { .. } | Phase::Done => return None,
+            Phase::InSession { .. } => return self.failing.as_ref().map(|f| f.until),
+            Phase::Done => return None,
         };
         [phase, inbound].into_iter().flatten().min()
     }
@@ -202,14 +254,23 @@ impl Client {
             } if peer == self.settings.remote => {
                 self.established(conn, circuit, inbound, now, links)
             }
-            Input::Closed { conn } => self.closed(conn),
+            Input::Closed { conn, cause } => self.closed(conn, cause),
             Input::DialFailed { peer, reason } if peer == self.settings.remote => {
                 self.dial_failed(reason)
             }
             Input::DcutrOk { peer, conn } if peer == self.settings.remote => {
                 self.adopt(conn, Source::Dcutr, links)
             }
-            Input::SessionEnded(result) => self.session_ended(result),
+            Input::HandshakeDone => {
+                if let Phase::InSession { conn, .. } = self.phase {
+                    self.phase = Phase::InSession {
+                        conn,
+                        stage: Stage::Session,
+                    };
+                }
+                Vec::new()
+            }
+            Input::SessionEnded(result) => self.session_ended(result, now, links),
             Input::Tick => self.tick(now, links),
             _ => Vec::new(),
         }
@@ -244,6 +305,13 @@ impl Client {
         links: &impl Connections,
     ) -> Vec<Action> {
         if circuit {
+            if self.before_relayed() && self.settings.lie {
+                self.phase = Phase::InSession {
+                    conn,
+                    stage: Stage::Handshake,
+                };
+                return vec![Action::LieDirect { conn }];
+            }
             if self.before_relayed() {
                 let deadline = now + self.settings.direct_deadline;
                 self.phase = Phase::AwaitingDirect {
@@ -267,9 +335,19 @@ impl Client {
         Vec::new()
     }
 
-    fn closed(&mut self, conn: ConnectionId) -> Vec<Action> {
-        if self.phase == (Phase::InSession { conn }) {
-            return self.exit("the session's connection closed", 1);
+    fn closed(&mut self, conn: ConnectionId, cause: Option<String>) -> Vec<Action> {
+        if let Phase::InSession {
+            conn: session,
+            stage,
+        } = self.phase
+        {
+            if session == conn {
+                // The close's own cause, else what the stream saw, else that it closed.
+                let reason = cause
+                    .or_else(|| self.failing.take().map(|f| f.reason))
+                    .unwrap_or_else(|| "the connection closed".into());
+                return self.lost(stage, reason);
+            }
         }
         if self.inbound.is_some_and(|i| i.conn == conn) {
             self.inbound = None;
@@ -289,20 +367,56 @@ impl Client {
         actions
     }
 
-    fn session_ended(&mut self, result: Result<(), String>) -> Vec<Action> {
+    fn session_ended(
+        &mut self,
+        result: Result<(), SessionFailure>,
+        now: Instant,
+        links: &impl Connections,
+    ) -> Vec<Action> {
+        let Phase::InSession { conn, stage } = self.phase else {
+            return Vec::new();
+        };
         match result {
             Ok(()) => self.exit("session complete", 0),
-            Err(reason) => {
-                let mut actions = vec![Action::ReportHandshakeFailed {
-                    reason: reason.clone(),
-                }];
-                actions.extend(self.exit(&reason, 1));
-                actions
+            Err(failure) if failure.transport && !links.is_open(conn) => {
+                self.lost(stage, failure.reason)
             }
+            Err(failure) if failure.transport => {
+                self.failing = Some(Failing {
+                    reason: failure.reason,
+                    until: now + LOST_GRACE,
+                });
+                Vec::new()
+            }
+            Err(failure) => self.failed(stage, failure.reason),
         }
     }
 
+    fn failed(&mut self, stage: Stage, reason: String) -> Vec<Action> {
+        let mut actions = vec![Action::ReportFailed {
+            stage,
+            reason: reason.clone(),
+        }];
+        actions.extend(self.exit(&reason, EXIT_FAILED));
+        actions
+    }
+
+    fn lost(&mut self, stage: Stage, reason: String) -> Vec<Action> {
+        let mut actions = vec![Action::ReportLost { stage, reason }];
+        actions.extend(self.exit("the session's connection closed", EXIT_SESSION_LOST));
+        actions
+    }
+
     fn tick(&mut self, now: Instant, links: &impl Connections) -> Vec<Action> {
+        if let Phase::InSession { stage, .. } = self.phase {
+            return match self.failing.take() {
+                Some(failing) if now >= failing.until => self.failed(stage, failing.reason),
+                pending => {
+                    self.failing = pending;
+                    Vec::new()
+                }
+            };
+        }
         if self.before_relayed() && now >= self.reach_by {
             return self.exit("no relayed connection to the server", 1);
         }
@@ -339,7 +453,10 @@ impl Client {
         if !self.settings.fallback {
             return self.exit(&reason, 1);
         }
-        self.phase = Phase::InSession { conn: relayed };
+        self.phase = Phase::InSession {
+            conn: relayed,
+            stage: Stage::Handshake,
+        };
         vec![Action::FallBack {
             conn: relayed,
             reason,
@@ -362,7 +479,10 @@ impl Client {
         if !links.is_direct(conn) {
             return Vec::new();
         }
-        self.phase = Phase::InSession { conn };
+        self.phase = Phase::InSession {
+            conn,
+            stage: Stage::Handshake,
+        };
         self.inbound = None;
         vec![Action::UseDirect {
             conn,
@@ -386,13 +506,16 @@ mod tests {
 
     use super::*;
 
-    /// The direct connections that are open.
+    /// The open connections: direct ones in `.0`, relayed ones in `.1`.
     #[derive(Default)]
-    struct Links(HashSet<ConnectionId>);
+    struct Links(HashSet<ConnectionId>, HashSet<ConnectionId>);
 
     impl Connections for Links {
         fn is_direct(&self, conn: ConnectionId) -> bool {
             self.0.contains(&conn)
+        }
+        fn is_open(&self, conn: ConnectionId) -> bool {
+            self.0.contains(&conn) || self.1.contains(&conn)
         }
     }
 
@@ -413,6 +536,10 @@ mod tests {
     const INBOUND: usize = 3;
 
     fn run(dcutr: bool, fallback: bool) -> Run {
+        run_with(dcutr, fallback, false)
+    }
+
+    fn run_with(dcutr: bool, fallback: bool, lie: bool) -> Run {
         let server = PeerId::random();
         let start = Instant::now();
         let settings = Settings {
@@ -420,6 +547,7 @@ mod tests {
             dcutr,
             fallback,
             direct_deadline: Duration::from_secs(15),
+            lie,
         };
         Run {
             client: Client::new(settings, start),
@@ -452,7 +580,9 @@ mod tests {
 
         fn established(&mut self, conn: usize, circuit: bool, inbound: bool) -> Input {
             let conn = id(conn);
-            if !circuit {
+            if circuit {
+                self.links.1.insert(conn);
+            } else {
                 self.links.0.insert(conn);
             }
             Input::Established {
@@ -461,6 +591,42 @@ mod tests {
                 circuit,
                 inbound,
             }
+        }
+
+        /// A connection closes (as libp2p reports it: gone from the behaviour first, then the event).
+        fn close(&mut self, secs: f64, conn: usize, cause: Option<&str>) -> Vec<Action> {
+            self.links.0.remove(&id(conn));
+            self.links.1.remove(&id(conn));
+            self.at(
+                secs,
+                Input::Closed {
+                    conn: id(conn),
+                    cause: cause.map(str::to_string),
+                },
+            )
+        }
+
+        /// Relayed, then our DCUtR dial's connection, the session on it and its handshake done at 1.5 s.
+        fn direct_session(&mut self) {
+            self.relayed();
+            let punched = self.established(PUNCHED, false, false);
+            self.at(1.0, punched);
+            let server = self.server;
+            self.at(
+                1.0,
+                Input::DcutrOk {
+                    peer: server,
+                    conn: id(PUNCHED),
+                },
+            );
+            assert!(self.at(1.5, Input::HandshakeDone).is_empty());
+            assert_eq!(
+                self.client.phase(),
+                Phase::InSession {
+                    conn: id(PUNCHED),
+                    stage: Stage::Session
+                }
+            );
         }
 
         fn wake_secs(&self) -> Option<f64> {
@@ -475,6 +641,23 @@ mod tests {
             reason: reason.into(),
             code,
         }
+    }
+
+    fn lost(stage: Stage, reason: &str) -> Vec<Action> {
+        vec![
+            Action::ReportLost {
+                stage,
+                reason: reason.into(),
+            },
+            exit("the session's connection closed", 3),
+        ]
+    }
+
+    fn transport(reason: &str) -> Input {
+        Input::SessionEnded(Err(SessionFailure {
+            reason: reason.into(),
+            transport: true,
+        }))
     }
 
     #[test]
@@ -499,10 +682,16 @@ mod tests {
                 close: Some(id(RELAYED))
             }]
         );
-        assert_eq!(r.client.phase(), Phase::InSession { conn: id(PUNCHED) });
+        assert_eq!(
+            r.client.phase(),
+            Phase::InSession {
+                conn: id(PUNCHED),
+                stage: Stage::Handshake
+            }
+        );
         assert_eq!(r.wake_secs(), None);
         // The relayed connection closing is expected; the session's own is not.
-        assert!(r.at(1.1, Input::Closed { conn: id(RELAYED) }).is_empty());
+        assert!(r.close(1.1, RELAYED, None).is_empty());
         assert_eq!(
             r.at(2.0, Input::SessionEnded(Ok(()))),
             vec![exit("session complete", 0)]
@@ -557,8 +746,7 @@ mod tests {
         r.relayed();
         let inbound = r.established(INBOUND, false, true);
         r.at(1.0, inbound);
-        r.links.0.remove(&id(INBOUND));
-        assert!(r.at(1.5, Input::Closed { conn: id(INBOUND) }).is_empty());
+        assert!(r.close(1.5, INBOUND, None).is_empty());
         assert_eq!(r.wake_secs(), Some(15.2));
     }
 
@@ -601,10 +789,18 @@ mod tests {
                 reason: "no direct connection within 15.0s of the relayed one".into()
             }]
         );
-        assert_eq!(r.client.phase(), Phase::InSession { conn: id(RELAYED) });
         assert_eq!(
-            r.at(16.0, Input::Closed { conn: id(RELAYED) }),
-            vec![exit("the session's connection closed", 1)]
+            r.client.phase(),
+            Phase::InSession {
+                conn: id(RELAYED),
+                stage: Stage::Handshake
+            }
+        );
+        r.at(15.5, Input::HandshakeDone);
+        // The relay goes away: the session on its circuit dies with it, with its own exit code.
+        assert_eq!(
+            r.close(16.0, RELAYED, Some("relay gone")),
+            lost(Stage::Session, "relay gone")
         );
     }
 
@@ -655,7 +851,7 @@ mod tests {
     fn a_lost_relayed_connection_waits_for_another_until_the_reach_deadline() {
         let mut r = run(true, false);
         r.relayed();
-        assert!(r.at(1.0, Input::Closed { conn: id(RELAYED) }).is_empty());
+        assert!(r.close(1.0, RELAYED, None).is_empty());
         assert_eq!(r.client.phase(), Phase::ReachingServer);
         assert_eq!(r.wake_secs(), Some(35.0));
         let again = 9;
@@ -669,10 +865,18 @@ mod tests {
         let mut r = run(true, true);
         r.relayed();
         r.at(15.2, Input::Tick);
+        // The peer refusing us is no lost connection: exit 1 at once.
         assert_eq!(
-            r.at(16.0, Input::SessionEnded(Err("rejected".into()))),
+            r.at(
+                16.0,
+                Input::SessionEnded(Err(SessionFailure {
+                    reason: "rejected".into(),
+                    transport: false
+                }))
+            ),
             vec![
-                Action::ReportHandshakeFailed {
+                Action::ReportFailed {
+                    stage: Stage::Handshake,
                     reason: "rejected".into()
                 },
                 exit("rejected", 1)
@@ -708,5 +912,123 @@ mod tests {
             )
             .is_empty());
         assert_eq!(r.wake_secs(), Some(15.2));
+    }
+
+    #[test]
+    fn a_direct_session_outlives_the_relayed_connection_and_the_relay() {
+        let mut r = run(true, false);
+        r.direct_session();
+        // The relayed connection (closed by us) and the connection to the relay (the relay exits) go away.
+        const TO_RELAY: usize = 4;
+        assert!(r.close(2.0, RELAYED, None).is_empty());
+        assert!(r.close(2.1, TO_RELAY, Some("connection reset")).is_empty());
+        assert!(r.at(3.0, Input::Tick).is_empty());
+        assert_eq!(r.wake_secs(), None);
+        assert_eq!(
+            r.at(9.5, Input::SessionEnded(Ok(()))),
+            vec![exit("session complete", 0)]
+        );
+    }
+
+    #[test]
+    fn losing_the_sessions_own_connection_is_session_lost_with_exit_3() {
+        let mut r = run(true, false);
+        r.direct_session();
+        assert_eq!(
+            r.close(3.0, PUNCHED, Some("connection reset")),
+            lost(Stage::Session, "connection reset")
+        );
+        assert_eq!(r.client.phase(), Phase::Done);
+        // The session task's own error, arriving later, changes nothing.
+        assert!(r.at(3.1, transport("stream closed before pong")).is_empty());
+    }
+
+    #[test]
+    fn a_connection_lost_during_the_handshake_says_so() {
+        let mut r = run(true, false);
+        r.relayed();
+        let punched = r.established(PUNCHED, false, false);
+        r.at(1.0, punched);
+        let server = r.server;
+        r.at(
+            1.0,
+            Input::DcutrOk {
+                peer: server,
+                conn: id(PUNCHED),
+            },
+        );
+        assert_eq!(
+            r.close(1.2, PUNCHED, None),
+            lost(Stage::Handshake, "the connection closed")
+        );
+    }
+
+    #[test]
+    fn a_stream_error_then_the_close_is_lost_and_without_the_close_failed() {
+        // The stream error comes first, the connection's close within the grace: lost, with the stream's
+        // reason when libp2p gives none.
+        let mut r = run(true, false);
+        r.direct_session();
+        assert!(r.at(3.0, transport("stream closed before pong")).is_empty());
+        assert_eq!(r.wake_secs(), Some(5.0));
+        assert_eq!(
+            r.close(3.5, PUNCHED, None),
+            lost(Stage::Session, "stream closed before pong")
+        );
+
+        // The connection is already gone when the error arrives: lost at once.
+        let mut r = run(true, false);
+        r.direct_session();
+        r.links.0.remove(&id(PUNCHED));
+        assert_eq!(
+            r.at(3.0, transport("stream closed before pong")),
+            lost(Stage::Session, "stream closed before pong")
+        );
+
+        // The connection stays up: after the grace the session failed (exit 1), it was not lost.
+        let mut r = run(true, false);
+        r.direct_session();
+        r.at(3.0, transport("no pong for nonce 4"));
+        assert!(r.at(4.9, Input::Tick).is_empty());
+        assert_eq!(
+            r.at(5.0, Input::Tick),
+            vec![
+                Action::ReportFailed {
+                    stage: Stage::Session,
+                    reason: "no pong for nonce 4".into()
+                },
+                exit("no pong for nonce 4", 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_liar_runs_its_session_on_the_relayed_connection_at_once() {
+        let mut r = run_with(false, false, true);
+        assert!(r.at(0.0, Input::RelaysDialled).is_empty());
+        assert_eq!(r.at(0.1, Input::RelayIdentified), vec![Action::DialServer]);
+        let relayed = r.established(RELAYED, true, false);
+        assert_eq!(
+            r.at(0.2, relayed),
+            vec![Action::LieDirect { conn: id(RELAYED) }]
+        );
+        assert_eq!(
+            r.client.phase(),
+            Phase::InSession {
+                conn: id(RELAYED),
+                stage: Stage::Handshake
+            }
+        );
+        // No direct deadline, and nothing direct is ever taken.
+        assert_eq!(r.wake_secs(), None);
+        let inbound = r.established(INBOUND, false, true);
+        assert!(r.at(0.5, inbound).is_empty());
+        assert!(r.at(2.0, Input::Tick).is_empty());
+        // Its session dies with the relay like any relayed one.
+        r.at(0.8, Input::HandshakeDone);
+        assert_eq!(
+            r.close(3.0, RELAYED, None),
+            lost(Stage::Session, "the connection closed")
+        );
     }
 }

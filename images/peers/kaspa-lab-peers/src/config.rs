@@ -87,6 +87,16 @@ pub const RUN_FOR: Setting = Setting {
     help: "stop after this many seconds (0: until SIGTERM/SIGINT)",
 };
 
+/// The lying-peer control, and nothing else: a negative control for the lab's ground truth. The peers run
+/// their Kaspa session over the relayed connection but log it as direct (see [`crate::lie`]). It runs without
+/// DCUtR, so no direct flow can exist; it is refused together with `DCUTR_ENABLED=true` or (client)
+/// `ALLOW_RELAY_FALLBACK=true`, which would make the run ambiguous.
+pub const LIE_DIRECT: Setting = Setting {
+    env: "LAB_LIE_DIRECT",
+    flag: "--lie-direct",
+    help: "true/false: NEGATIVE CONTROL ONLY: run the session over the relay and log it as direct",
+};
+
 pub const NETWORKS: [&str; 5] = ["mainnet", "testnet-10", "testnet-11", "devnet", "simnet"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,7 +297,7 @@ pub fn help(binary: &str, about: &str, settings: &[&Setting], defaults: &str) ->
     text.push_str(
         "\nLogs: one JSON object a line on stdout ({\"ts\", \"node\", \"event\", ...}), human lines on stderr.\n\
          Exit codes: 0 success, 1 the run failed (see the last JSON event), 2 bad input (one line on stderr\n\
-         naming the variable).\n",
+         naming the variable), 3 (client) the session's connection closed under it (session_lost).\n",
     );
     text
 }

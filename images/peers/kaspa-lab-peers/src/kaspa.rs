@@ -149,6 +149,13 @@ pub enum HandshakeError {
     Timeout(&'static str),
 }
 
+impl HandshakeError {
+    /// The stream or its connection failed (as opposed to the peer refusing us).
+    pub fn is_transport(&self) -> bool {
+        matches!(self, Self::Closed(_) | Self::Timeout(_))
+    }
+}
+
 impl std::fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -282,6 +289,20 @@ pub async fn handshake(
     }
 }
 
+/// `kaspa_ping` / `kaspa_pong` with the connection facts: on the client the ping it sent and the pong that came
+/// back (with `rtt_ms`), on the server the ping that came in and the pong it sent.
+fn log_nonce(event: &str, info: &ConnectionInfo, nonce: u64, rtt: Option<Duration>) {
+    let mut map = facts(info);
+    map.insert("nonce".into(), json!(nonce));
+    if let Some(rtt) = rtt {
+        map.insert(
+            "rtt_ms".into(),
+            json!((rtt.as_secs_f64() * 1000.0 * 100.0).round() / 100.0),
+        );
+    }
+    emit(event, serde_json::Value::Object(map));
+}
+
 fn complete(info: &ConnectionInfo, peer: &PeerVersion) {
     let mut map = facts(info);
     map.insert("remote_addr".into(), json!(info.remote_addr.to_string()));
@@ -361,6 +382,7 @@ async fn serve_stream(
             },
         };
         if let Some(Payload::Ping(ping)) = msg.payload {
+            log_nonce("kaspa_ping", &info, ping.nonce, None);
             if tx
                 .send(message(Payload::Pong(PongMessage { nonce: ping.nonce })))
                 .await
@@ -368,6 +390,7 @@ async fn serve_stream(
             {
                 return;
             }
+            log_nonce("kaspa_pong", &info, ping.nonce, None);
         }
     }
 }
@@ -470,9 +493,7 @@ pub async fn client_handshake(local: &Local, session: &mut Session) -> Result<()
 
 /// One ping and its pong on `session`; logs both with the connection facts.
 pub async fn ping(session: &mut Session, nonce: u64) -> Result<Duration, String> {
-    let mut map = facts(&session.info);
-    map.insert("nonce".into(), json!(nonce));
-    emit("kaspa_ping", serde_json::Value::Object(map));
+    log_nonce("kaspa_ping", &session.info, nonce, None);
     let began = Instant::now();
     session
         .tx
@@ -488,13 +509,7 @@ pub async fn ping(session: &mut Session, nonce: u64) -> Result<Duration, String>
                 ..
             }))) if pong.nonce == nonce => {
                 let rtt = began.elapsed();
-                let mut map = facts(&session.info);
-                map.insert("nonce".into(), json!(nonce));
-                map.insert(
-                    "rtt_ms".into(),
-                    json!((rtt.as_secs_f64() * 1000.0 * 100.0).round() / 100.0),
-                );
-                emit("kaspa_pong", serde_json::Value::Object(map));
+                log_nonce("kaspa_pong", &session.info, nonce, Some(rtt));
                 return Ok(rtt);
             }
             Ok(Some(Ok(_))) => continue,
@@ -551,6 +566,7 @@ mod tests {
             connection_id: ConnectionId::new_unchecked(7),
             remote_addr: "/ip4/198.18.0.3/tcp/4012".parse().expect("addr"),
             relayed: false,
+            dialer: true,
         }
     }
 

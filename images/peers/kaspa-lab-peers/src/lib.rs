@@ -10,8 +10,10 @@ pub mod connection_id;
 pub mod events;
 pub mod identity;
 pub mod kaspa;
+pub mod lie;
 pub mod node;
 pub mod peer;
+pub mod session;
 pub mod streams;
 
 pub mod protowire {

@@ -22,8 +22,13 @@ use crate::streams::{self, remote_of};
 
 pub const IDENTIFY_PROTOCOL: &str = "/kaspa-dcutr-lab/1.0.0";
 
+/// Exit code of a run that failed (the last JSON event, `shutdown`, says why).
+pub const EXIT_FAILED: i32 = 1;
 /// Exit code for bad input, as the lab expects.
 pub const EXIT_BAD_INPUT: i32 = 2;
+/// Exit code of a client whose session's connection closed under it (`session_lost`): e.g. a session that
+/// ran over the relay when the relay went away.
+pub const EXIT_SESSION_LOST: i32 = 3;
 
 /// Parses settings or exits: `--help` prints and exits 0, bad input prints one line and exits 2.
 pub fn settings(
@@ -200,10 +205,14 @@ pub fn log_connection(
     emit("connection_established", facts);
 }
 
+/// Logs `connection_closed`. `relayed` is the circuit fact `connection_established` gave (the lying-peer
+/// control passes false for the relayed connection it disguised); `to_relay` says whether the peer is one of
+/// our relays.
 pub fn log_connection_closed(
     peer_id: &PeerId,
     connection_id: ConnectionId,
-    endpoint: &ConnectedPoint,
+    relayed: bool,
+    to_relay: bool,
     cause: Option<String>,
 ) {
     emit(
@@ -211,7 +220,8 @@ pub fn log_connection_closed(
         json!({
             "peer_id": peer_id.to_string(),
             "connection_id": connection_number(connection_id),
-            "relayed": endpoint.is_relayed(),
+            "relayed": relayed,
+            "to_relay": to_relay,
             "cause": cause,
         }),
     );
@@ -219,22 +229,36 @@ pub fn log_connection_closed(
 
 /// Logs a DCUtR outcome. On success `remote_addr` is the direct connection's remote address, when known.
 pub fn log_dcutr(event: &dcutr::Event, remote_addr: Option<&Multiaddr>) {
-    let facts = match &event.result {
-        Ok(connection_id) => json!({
-            "remote_peer_id": event.remote_peer_id.to_string(),
+    match &event.result {
+        Ok(connection_id) => log_dcutr_ok(&event.remote_peer_id, *connection_id, remote_addr),
+        Err(error) => emit(
+            "dcutr",
+            json!({
+                "remote_peer_id": event.remote_peer_id.to_string(),
+                "result": "error",
+                "connection_id": null,
+                "error": error.to_string(),
+            }),
+        ),
+    }
+}
+
+/// The `dcutr` ok line.
+pub fn log_dcutr_ok(
+    remote_peer_id: &PeerId,
+    connection_id: ConnectionId,
+    remote_addr: Option<&Multiaddr>,
+) {
+    emit(
+        "dcutr",
+        json!({
+            "remote_peer_id": remote_peer_id.to_string(),
             "result": "ok",
-            "connection_id": connection_number(*connection_id),
+            "connection_id": connection_number(connection_id),
             "remote_addr": remote_addr.map(|a| a.to_string()),
             "error": null,
         }),
-        Err(error) => json!({
-            "remote_peer_id": event.remote_peer_id.to_string(),
-            "result": "error",
-            "connection_id": null,
-            "error": error.to_string(),
-        }),
-    };
-    emit("dcutr", facts);
+    );
 }
 
 /// `relay_addr` (ending in /p2p/<relay>) with `/p2p-circuit/p2p/<peer>` appended.

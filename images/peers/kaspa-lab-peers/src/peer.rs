@@ -35,7 +35,10 @@ pub enum PeerEvent {
         to_relay: bool,
     },
     Closed {
+        peer_id: PeerId,
         connection_id: ConnectionId,
+        /// libp2p's reason, if it gave one (`None`: closed on purpose, e.g. by us).
+        cause: Option<String>,
     },
     /// A dial to one of our relays failed (not logged here: only the server retries, and says when).
     RelayUnreachable {
@@ -229,8 +232,22 @@ impl Peer {
                 ..
             } => {
                 let cause = cause.map(|c| c.to_string());
-                node::log_connection_closed(&peer_id, connection_id, &endpoint, cause);
-                Some(PeerEvent::Closed { connection_id })
+                let to_relay = self.relays.contains_key(&peer_id);
+                // A connection the lying-peer control disguised keeps its lie to the end.
+                let relayed = endpoint.is_relayed()
+                    && !self.swarm.behaviour().kaspa.is_disguised(connection_id);
+                node::log_connection_closed(
+                    &peer_id,
+                    connection_id,
+                    relayed,
+                    to_relay,
+                    cause.clone(),
+                );
+                Some(PeerEvent::Closed {
+                    peer_id,
+                    connection_id,
+                    cause,
+                })
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer_id),

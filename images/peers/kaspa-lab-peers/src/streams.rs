@@ -33,6 +33,9 @@ pub struct ConnectionInfo {
     pub connection_id: ConnectionId,
     pub remote_addr: Multiaddr,
     pub relayed: bool,
+    /// We dialled it (libp2p's `ConnectedPoint::Dialer`, DCUtR's role-overridden dial included); false: the
+    /// remote dialled us.
+    pub dialer: bool,
 }
 
 impl ConnectionInfo {
@@ -92,6 +95,9 @@ pub enum Event {
 pub struct Behaviour {
     relay_endpoints: HashSet<Multiaddr>,
     connections: HashMap<ConnectionId, ConnectionInfo>,
+    /// Connections whose facts [`Behaviour::disguise`] rewrote (the lying-peer control), kept after they close
+    /// so their `connection_closed` lies too.
+    disguised: HashSet<ConnectionId>,
     pending: VecDeque<ToSwarm<Event, Command>>,
 }
 
@@ -122,6 +128,27 @@ impl Behaviour {
         self.connections.get(&connection_id)
     }
 
+    /// The lying-peer control only ([`crate::lie`]): from now on this open connection's facts say it is a
+    /// direct connection we dialled to `claimed_remote`, for every stream on it and every event that reads
+    /// them. Returns the rewritten facts (the same on a second call); `None` if the connection is not open.
+    pub fn disguise(
+        &mut self,
+        connection_id: ConnectionId,
+        claimed_remote: &Multiaddr,
+    ) -> Option<ConnectionInfo> {
+        let info = self.connections.get_mut(&connection_id)?;
+        info.relayed = false;
+        info.dialer = true;
+        info.remote_addr = claimed_remote.clone();
+        self.disguised.insert(connection_id);
+        Some(info.clone())
+    }
+
+    /// Whether [`Behaviour::disguise`] rewrote this connection's facts (open or closed since).
+    pub fn is_disguised(&self, connection_id: ConnectionId) -> bool {
+        self.disguised.contains(&connection_id)
+    }
+
     fn remember(
         &mut self,
         connection_id: ConnectionId,
@@ -137,6 +164,7 @@ impl Behaviour {
                 connection_id,
                 remote_addr,
                 relayed,
+                dialer: endpoint.is_dialer(),
             },
         );
     }

@@ -1,5 +1,7 @@
 //! Relay, server and client as real processes on loopback: the reservation, the relayed connection, the
-//! DCUtR upgrade and the Kaspa handshake on the direct connection, plus the negative paths.
+//! DCUtR upgrade and the Kaspa handshake on the direct connection, plus the negative paths: no DCUtR, the
+//! relay leaving mid-session (a direct session lives on, a relayed one dies with exit 3) and the lying-peer
+//! control (logs that claim direct over the relayed connection).
 
 use std::fs;
 use std::net::TcpListener;
@@ -190,6 +192,94 @@ fn find<'a>(events: &'a [Value], event: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == event).collect()
 }
 
+/// The one event named `event`.
+fn only<'a>(events: &'a [Value], event: &str) -> &'a Value {
+    let found = find(events, event);
+    assert_eq!(found.len(), 1, "{event}: {found:?}");
+    found[0]
+}
+
+/// An event's `ts` (RFC 3339, UTC, as the peers write it) in seconds since 1970.
+fn ts(event: &Value) -> f64 {
+    let text = event["ts"].as_str().expect("ts");
+    let number = |range: std::ops::Range<usize>| -> i64 {
+        text.get(range)
+            .and_then(|part| part.parse().ok())
+            .unwrap_or_else(|| panic!("bad ts {text}"))
+    };
+    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
+    // Days from civil (proleptic Gregorian), as in Howard Hinnant's algorithm.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let seconds = number(11..13) * 3600 + number(14..16) * 60 + number(17..19);
+    let fraction: f64 = text
+        .get(19..text.len() - 1)
+        .filter(|f| f.starts_with('.'))
+        .and_then(|f| format!("0{f}").parse().ok())
+        .unwrap_or(0.0);
+    (days * 86_400 + seconds) as f64 + fraction
+}
+
+/// The events after `event` in the same log.
+fn after<'a>(events: &'a [Value], event: &Value) -> &'a [Value] {
+    let index = events
+        .iter()
+        .position(|e| e == event)
+        .expect("event in log");
+    &events[index + 1..]
+}
+
+/// Checks a node's session bookkeeping and returns its `session_connection`: one session connection, and
+/// every handshake step, the handshake and every ping and pong on that same connection with the same
+/// `relayed`; its `source` is backed by the node's own log (`dcutr`: its own `dcutr` ok names it;
+/// `inbound`: the remote dialled it; `relay`: a circuit).
+fn session_tied(events: &[Value]) -> Value {
+    let session = only(events, "session_connection").clone();
+    let conn = &session["connection_id"];
+    let relayed = &session["relayed"];
+    let complete = only(events, "handshake_complete");
+    assert_eq!(&complete["connection_id"], conn);
+    assert_eq!(&complete["relayed"], relayed);
+    assert_eq!(complete["remote_addr"], session["remote_addr"]);
+    for name in ["handshake_step", "kaspa_ping", "kaspa_pong"] {
+        let found = find(events, name);
+        assert!(!found.is_empty(), "no {name}");
+        for e in found {
+            assert_eq!(&e["connection_id"], conn, "{e}");
+            assert_eq!(&e["relayed"], relayed, "{e}");
+        }
+    }
+    // The latest `connection_established` of that id (the liar logs its claim after the truth).
+    let established = find(events, "connection_established")
+        .into_iter()
+        .rev()
+        .find(|e| &e["connection_id"] == conn)
+        .expect("the session's connection_established");
+    let own_dcutr = find(events, "dcutr")
+        .into_iter()
+        .any(|e| e["result"] == "ok" && &e["connection_id"] == conn);
+    match session["source"].as_str() {
+        Some("dcutr") => {
+            assert!(own_dcutr, "source dcutr without our dcutr ok: {session}");
+            assert_eq!(established["endpoint"], "dialer");
+        }
+        Some("inbound") => {
+            assert!(!own_dcutr, "{session}");
+            assert_eq!(established["endpoint"], "listener");
+            assert_eq!(*relayed, false);
+        }
+        Some("relay") => assert_eq!(*relayed, true),
+        other => panic!("unexpected source {other:?}"),
+    }
+    // The session's events come after the session connection is named.
+    let rest = after(events, &session);
+    assert!(rest.iter().any(|e| e["event"] == "handshake_complete"));
+    session
+}
+
 fn listen_addr(events: &[Value]) -> String {
     find(events, "listening")[0]["addr"]
         .as_str()
@@ -235,6 +325,18 @@ fn punches_and_handshakes_on_the_direct_connection() {
     assert_eq!(direct.len(), 1);
     assert_eq!(direct[0]["connection_id"], ok["connection_id"]);
     assert_eq!(direct[0]["source"], "dcutr");
+    // Honest: DCUtR names a connection of its own, not the relayed one (the liar's tell, see below).
+    let relayed_id = &relayed
+        .iter()
+        .find(|e| e["relayed"] == true && e["peer_id"] == lab.server_id.as_str())
+        .expect("relayed")["connection_id"];
+    assert_ne!(&ok["connection_id"], relayed_id);
+    // Either-side bookkeeping: the client's session runs on its DCUtR connection (on loopback its own dial
+    // wins; the unit tests walk the inbound case), and says so.
+    let session = session_tied(&events);
+    assert_eq!(session["source"], "dcutr");
+    assert_eq!(session["connection_id"], ok["connection_id"]);
+    assert_eq!(session["relayed"], false);
 
     // The handshake ran on the DCUtR connection, to the server's listen port, not through the relay.
     let handshake = find(&events, "handshake_complete");
@@ -293,6 +395,17 @@ fn punches_and_handshakes_on_the_direct_connection() {
         .expect("the handshake's connection");
     assert_eq!(server_direct["relayed"], false);
     assert_eq!(server_direct["remote_addr"], server_remote);
+    // The server names the connection the client's session arrived on and ties its own events to it: its
+    // own DCUtR connection (when the client took the server's punch, or both dials met) or, as on loopback
+    // where the client's own dial got through, the connection the client dialled.
+    let server_session = session_tied(&server_events);
+    assert_eq!(
+        server_session["connection_id"],
+        server_side["connection_id"]
+    );
+    assert_eq!(server_session["relayed"], false);
+    assert_eq!(server_session["peer_id"], client_id);
+    assert!(["dcutr", "inbound"].contains(&server_session["source"].as_str().unwrap_or("")));
     let inbound_circuit = find(&server_events, "connection_established")
         .into_iter()
         .find(|e| e["relayed"] == true)
@@ -354,10 +467,18 @@ fn without_dcutr_the_fallback_runs_over_the_relay_and_says_so() {
     let handshake = find(&events, "handshake_complete");
     assert_eq!(handshake.len(), 1);
     assert_eq!(handshake[0]["relayed"], true);
+    let session = session_tied(&events);
+    assert_eq!(session["source"], "relay");
+    assert_eq!(
+        session["connection_id"],
+        only(&events, "relay_fallback")["connection_id"]
+    );
     let server_side = lab
         .server
         .wait_for("handshake", |e| e["event"] == "handshake_complete");
     assert_eq!(server_side["relayed"], true);
+    lab.server.wait_for("pong", |e| e["event"] == "kaspa_pong");
+    assert_eq!(session_tied(&lab.server.events())["source"], "relay");
 }
 
 #[test]
@@ -481,6 +602,31 @@ fn bad_input_is_one_line_naming_the_variable_and_exit_2() {
             "SESSION_SECS",
         ),
         (CLIENT, vec![], vec!["--bogus"], "argv"),
+        // The lying-peer control refuses what would make it ambiguous.
+        (
+            CLIENT,
+            vec![("LAB_LIE_DIRECT", "true"), ("DCUTR_ENABLED", "true")],
+            vec![],
+            "LAB_LIE_DIRECT",
+        ),
+        (
+            CLIENT,
+            vec![("LAB_LIE_DIRECT", "true"), ("ALLOW_RELAY_FALLBACK", "true")],
+            vec![],
+            "LAB_LIE_DIRECT",
+        ),
+        (
+            SERVER,
+            vec![("LAB_LIE_DIRECT", "true")],
+            vec!["--dcutr"],
+            "LAB_LIE_DIRECT",
+        ),
+        (
+            SERVER,
+            vec![("LAB_LIE_DIRECT", "maybe")],
+            vec![],
+            "LAB_LIE_DIRECT",
+        ),
     ];
     for (binary, env, args, variable) in cases {
         let mut command = Command::new(binary);
@@ -602,6 +748,7 @@ fn help_documents_every_variable_and_flag() {
                 "KASPA_NETWORK",
                 "DCUTR_ENABLED",
                 "--relay",
+                "LAB_LIE_DIRECT",
             ][..],
         ),
         (
@@ -614,6 +761,8 @@ fn help_documents_every_variable_and_flag() {
                 "DIRECT_DEADLINE_SECS",
                 "SESSION_SECS",
                 "IDLE_TIMEOUT_SECS",
+                "LAB_LIE_DIRECT",
+                "--lie-direct",
             ][..],
         ),
     ] {
@@ -628,4 +777,174 @@ fn help_documents_every_variable_and_flag() {
             assert!(text.contains(word), "{binary} --help lacks {word}");
         }
     }
+}
+
+/// (b) The relay exits after the handshake: the session on the direct connection keeps pinging for the rest
+/// of its 8 s and ends with exit 0; the client logs the relay connection's close and no `session_lost`.
+#[test]
+fn a_direct_session_outlives_the_relay() {
+    let mut lab = lab("outlive", &[]);
+    let mut client = client(&lab, "outlive", &[("SESSION_SECS", "8".into())]);
+    let complete = client.wait_for("handshake", |e| e["event"] == "handshake_complete");
+    assert_eq!(complete["relayed"], false);
+    let (status, _) = sigterm(&mut lab.relay);
+    assert_eq!(status.code(), Some(0));
+    let relay_exit = ts(lab.relay.events().last().expect("relay shutdown"));
+    assert_eq!(client.wait_exit().code(), Some(0));
+    let events = client.events();
+    let session = session_tied(&events);
+    assert_eq!(session["relayed"], false);
+    assert!(find(&events, "session_lost").is_empty());
+    let shutdown = only(&events, "shutdown");
+    assert_eq!(shutdown["exit_code"], 0);
+    assert_eq!(shutdown["reason"], "session complete");
+
+    // The client saw the relay go, and pinged on afterwards on the session's connection.
+    let gone = find(&events, "connection_closed")
+        .into_iter()
+        .find(|e| e["to_relay"] == true)
+        .expect("the relay connection's close");
+    assert_ne!(gone["connection_id"], session["connection_id"]);
+    let pongs_after: Vec<&Value> = after(&events, gone)
+        .iter()
+        .filter(|e| e["event"] == "kaspa_pong")
+        .collect();
+    assert!(pongs_after.len() >= 5, "{} pongs", pongs_after.len());
+    // SESSION_SECS is the session's length: pings ran for all 8 s, most of them after the relay's exit.
+    let last_pong = ts(pongs_after.last().expect("pong"));
+    assert!(
+        last_pong - ts(&complete) >= 7.5,
+        "{}",
+        last_pong - ts(&complete)
+    );
+    assert!(last_pong - relay_exit >= 5.0, "{}", last_pong - relay_exit);
+
+    // The server answered those pings on its session connection too.
+    let server_events = lab.server.events();
+    let server_session = session_tied(&server_events);
+    let late_pongs = find(&server_events, "kaspa_pong")
+        .into_iter()
+        .filter(|e| ts(e) > relay_exit + 1.0)
+        .count();
+    assert!(
+        late_pongs >= 5,
+        "{late_pongs} server pongs after the relay left"
+    );
+    assert_eq!(server_session["relayed"], false);
+}
+
+/// (c) The same relay exit kills a session that runs over the relay: `session_lost` naming the session's
+/// relayed connection, then exit 3.
+#[test]
+fn a_relayed_session_dies_with_the_relay() {
+    let off = ("DCUTR_ENABLED", "false".to_string());
+    let mut lab = lab("dies", std::slice::from_ref(&off));
+    let mut client = client(
+        &lab,
+        "dies",
+        &[
+            off,
+            ("ALLOW_RELAY_FALLBACK", "true".into()),
+            ("DIRECT_DEADLINE_SECS", "1".into()),
+            ("SESSION_SECS", "60".into()),
+        ],
+    );
+    let pong = client.wait_for("pong", |e| e["event"] == "kaspa_pong");
+    assert_eq!(pong["relayed"], true);
+    let (status, _) = sigterm(&mut lab.relay);
+    assert_eq!(status.code(), Some(0));
+    let exit = client.wait_exit();
+    let events = client.events();
+    assert_eq!(exit.code(), Some(3), "{events:?}");
+    let session = session_tied(&events);
+    assert_eq!(session["source"], "relay");
+    let lost = only(&events, "session_lost");
+    assert_eq!(lost["connection_id"], session["connection_id"]);
+    assert_eq!(lost["relayed"], true);
+    assert_eq!(lost["stage"], "session");
+    assert!(!lost["reason"].as_str().unwrap_or("").is_empty());
+    let last = events.last().expect("events");
+    assert_eq!(last["event"], "shutdown");
+    assert_eq!(last["exit_code"], 3);
+    assert!(find(&events, "session_failed").is_empty());
+}
+
+/// (a) The lying-peer control: both peers run the session over the relayed connection and log it as direct.
+/// The one tell in the logs is the connection id: the `dcutr` ok, the "direct" connection and every session
+/// event name the relayed connection's id (an honest run names a connection of its own, see the direct
+/// test). And the relay's exit kills the "direct" session.
+#[test]
+fn the_liar_claims_direct_over_the_relayed_connection() {
+    let lie = ("LAB_LIE_DIRECT", "true".to_string());
+    let mut lab = lab("liar", std::slice::from_ref(&lie));
+    let mut client = client(&lab, "liar", &[lie, ("SESSION_SECS", "60".into())]);
+    client.wait_for("pong", |e| e["event"] == "kaspa_pong");
+    lab.server.wait_for("pong", |e| e["event"] == "kaspa_pong");
+    // The session runs on the circuit: the relay has not closed it.
+    let relay_events = lab.relay.events();
+    assert_eq!(find(&relay_events, "circuit_accepted").len(), 1);
+    assert!(find(&relay_events, "circuit_closed").is_empty());
+
+    for (events, claimed, peer) in [
+        (
+            client.events(),
+            kaspa_lab_peers::lie::CLIENT_CLAIMS,
+            lab.server_id.clone(),
+        ),
+        (
+            lab.server.events(),
+            kaspa_lab_peers::lie::SERVER_CLAIMS,
+            peer_id(&client),
+        ),
+    ] {
+        assert_eq!(only(&events, "config")["lie_direct"], true);
+        assert_eq!(only(&events, "config")["dcutr_enabled"], false);
+        let truthful = find(&events, "connection_established")
+            .into_iter()
+            .find(|e| e["relayed"] == true && e["peer_id"] == peer.as_str())
+            .expect("the relayed connection");
+        let relayed_id = &truthful["connection_id"];
+        // What a log-only chain reads: a direct connection, a DCUtR success, a direct handshake and pings.
+        let fake = find(&events, "connection_established")
+            .into_iter()
+            .find(|e| e["relayed"] == false && e["peer_id"] == peer.as_str())
+            .expect("the claimed direct connection");
+        assert_eq!(&fake["connection_id"], relayed_id);
+        assert_eq!(fake["remote_addr"], claimed);
+        let dcutr = only(&events, "dcutr");
+        assert_eq!(dcutr["result"], "ok");
+        assert_eq!(&dcutr["connection_id"], relayed_id);
+        assert_eq!(dcutr["remote_addr"], claimed);
+        let session = session_tied(&events);
+        assert_eq!(session["source"], "dcutr");
+        assert_eq!(session["relayed"], false);
+        assert_eq!(&session["connection_id"], relayed_id);
+        assert_eq!(session["remote_addr"], claimed);
+        let complete = only(&events, "handshake_complete");
+        assert_eq!(complete["relayed"], false);
+        assert_eq!(complete["remote_addr"], claimed);
+        // No honest direct connection exists: every connection to the peer is the relayed one.
+        assert!(find(&events, "connection_established")
+            .iter()
+            .filter(|e| e["peer_id"] == peer.as_str())
+            .all(|e| &e["connection_id"] == relayed_id));
+    }
+    let events = client.events();
+    assert_eq!(
+        only(&events, "direct_connection")["connection_id"],
+        only(&events, "session_connection")["connection_id"]
+    );
+
+    // The relay leaves: the "direct" session dies with it, still lying about what it was.
+    let (status, _) = sigterm(&mut lab.relay);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(client.wait_exit().code(), Some(3));
+    let events = client.events();
+    let lost = only(&events, "session_lost");
+    assert_eq!(
+        lost["connection_id"],
+        only(&events, "session_connection")["connection_id"]
+    );
+    assert_eq!(lost["relayed"], false);
+    assert_eq!(lost["remote_addr"], kaspa_lab_peers::lie::CLIENT_CLAIMS);
 }

@@ -1,7 +1,9 @@
 //! `kaspa_p2p_client`: a private Kaspa peer that reaches a private server through the relay, lets DCUtR
 //! upgrade to a direct connection, runs the Kaspa handshake on that direct connection, keeps a ping/pong
 //! session for a while and exits 0. Without a direct connection it exits 1, or with
-//! `--allow-relay-fallback` runs the handshake over the relay (the lab then reports `relayed`).
+//! `--allow-relay-fallback` runs the handshake over the relay (the lab then reports `relayed`). When the
+//! connection the session runs on closes under it (a relayed session when the relay goes) it logs
+//! `session_lost` and exits 3. `LAB_LIE_DIRECT` is the lying-peer control ([`kaspa_lab_peers::lie`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU8;
@@ -14,20 +16,25 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use kaspa_lab_peers::client::{Action, Client, Input, Settings, Source};
+use kaspa_lab_peers::client::{Action, Client, Input, SessionFailure, Settings, Source, Stage};
 use kaspa_lab_peers::config::{
-    ConfigError, DCUTR, DIRECT_DEADLINE, FALLBACK, IDLE, KEY_FILE, LISTEN, NETWORK, PING_STREAMS,
-    RELAYS, REMOTE_ADDRS, REMOTE_PEER, SEED, SESSION,
+    ConfigError, DCUTR, DIRECT_DEADLINE, FALLBACK, IDLE, KEY_FILE, LIE_DIRECT, LISTEN, NETWORK,
+    PING_STREAMS, RELAYS, REMOTE_ADDRS, REMOTE_PEER, SEED, SESSION,
 };
 use kaspa_lab_peers::connection_id;
 use kaspa_lab_peers::events::emit;
 use kaspa_lab_peers::identity;
 use kaspa_lab_peers::kaspa::{self, KaspaIo, Local};
+use kaspa_lab_peers::lie;
 use kaspa_lab_peers::node::{self, or_exit};
 use kaspa_lab_peers::peer::{Peer, PeerEvent};
-use kaspa_lab_peers::streams::{self, is_relayed};
+use kaspa_lab_peers::session::log_session_connection;
+use kaspa_lab_peers::streams::{self, is_relayed, ConnectionInfo};
 
 const BINARY: &str = "kaspa_p2p_client";
+
+/// The pause between a pong and the next ping of the session.
+const PING_EVERY: Duration = Duration::from_millis(500);
 
 type Reply = oneshot::Sender<Result<KaspaIo, String>>;
 type StreamRequest = (ConnectionId, Reply);
@@ -46,9 +53,9 @@ async fn main() {
         "private Kaspa peer that dials a private server through a relay and punches a direct path with DCUtR",
         &[
             &LISTEN, &RELAYS, &REMOTE_PEER, &REMOTE_ADDRS, &SEED, &KEY_FILE, &NETWORK, &DCUTR, &FALLBACK,
-            &DIRECT_DEADLINE, &SESSION, &PING_STREAMS, &IDLE,
+            &DIRECT_DEADLINE, &SESSION, &PING_STREAMS, &IDLE, &LIE_DIRECT,
         ],
-        "listen /ip4/0.0.0.0/tcp/4013, relays from the circuit addrs, network mainnet, DCUtR on,\n  no relay fallback, direct deadline 15 s, session 3 s, 0 extra ping streams, identity random,\n  idle timeout 300 s.",
+        "listen /ip4/0.0.0.0/tcp/4013, relays from the circuit addrs, network mainnet, DCUtR on,\n  no relay fallback, direct deadline 15 s, session 3 s (a ping every 500 ms), 0 extra ping streams,\n  identity random, idle timeout 300 s, no lying.",
     );
     let listen = or_exit(BINARY, source.multiaddrs(&LISTEN, "/ip4/0.0.0.0/tcp/4013"));
     let remote = or_exit(BINARY, source.peer_id(&REMOTE_PEER));
@@ -100,7 +107,7 @@ async fn main() {
             .into_iter()
             .collect();
     let network = or_exit(BINARY, source.network());
-    let dcutr = or_exit(BINARY, source.flag(&DCUTR, true));
+    let lie::Switches { lie, dcutr } = or_exit(BINARY, lie::switches(&source, &[&FALLBACK]));
     let fallback = or_exit(BINARY, source.flag(&FALLBACK, false));
     let direct_deadline = or_exit(BINARY, source.seconds(&DIRECT_DEADLINE, 15.0));
     let plan = Plan {
@@ -120,26 +127,29 @@ async fn main() {
             "direct_deadline_secs": direct_deadline.as_secs_f64(),
             "session_secs": plan.session.as_secs_f64(),
             "remote_peer_id": remote.to_string(),
+            "lie_direct": lie,
         }),
     );
     node::listen_all(&mut peer.swarm, BINARY, listen);
 
     let (open_tx, mut open_rx) = mpsc::channel::<StreamRequest>(64);
-    let (done_tx, mut done_rx) = mpsc::channel::<Result<(), String>>(1);
+    let (news_tx, mut news_rx) = mpsc::channel::<Input>(4);
     let mut driver = Driver {
         peer,
         remote,
         remote_addrs,
         plan: Some(plan),
         open_tx,
-        done_tx,
+        news_tx,
         waiting: StreamRequests::default(),
+        session: None,
     };
     let settings = Settings {
         remote,
         dcutr,
         fallback,
         direct_deadline,
+        lie,
     };
     let mut client = Client::new(settings, Instant::now());
     let stop = node::termination();
@@ -159,7 +169,7 @@ async fn main() {
                 driver.waiting.open(&mut driver.peer, conn, reply);
                 continue;
             }
-            Some(result) = done_rx.recv() => Input::SessionEnded(result),
+            Some(news) = news_rx.recv() => news,
             event = driver.peer.next() => match driver.input(event) {
                 Some(input) => input,
                 None => continue,
@@ -180,8 +190,12 @@ struct Driver {
     /// Taken when the session starts (once).
     plan: Option<Plan>,
     open_tx: mpsc::Sender<StreamRequest>,
-    done_tx: mpsc::Sender<Result<(), String>>,
+    /// The session task's news for the machine (`HandshakeDone`, `SessionEnded`).
+    news_tx: mpsc::Sender<Input>,
     waiting: StreamRequests,
+    /// The facts of the connection the session runs on, as its events log them (kept: they are gone from
+    /// the swarm when it closes).
+    session: Option<ConnectionInfo>,
 }
 
 impl Driver {
@@ -201,10 +215,15 @@ impl Driver {
                 circuit: endpoint.is_relayed(),
                 inbound: !endpoint.is_dialer(),
             }),
-            PeerEvent::Closed { connection_id } => {
+            PeerEvent::Closed {
+                connection_id,
+                cause,
+                ..
+            } => {
                 self.waiting.closed(connection_id);
                 Some(Input::Closed {
                     conn: connection_id,
+                    cause,
                 })
             }
             PeerEvent::DialFailed { peer_id, reason } => Some(Input::DialFailed {
@@ -236,21 +255,45 @@ impl Driver {
                     "relay_fallback",
                     json!({ "reason": reason, "connection_id": connection_id::number(conn) }),
                 );
-                self.start(conn);
+                let info = self.peer.swarm.behaviour().kaspa.connection(conn).cloned();
+                self.start(info, Source::Relay);
             }
+            Action::LieDirect { conn } => self.lie_direct(conn),
             Action::ReportDialFailed { reason } => {
                 emit(
                     "dial_failed",
                     json!({ "peer_id": self.remote.to_string(), "reason": reason }),
                 );
             }
-            Action::ReportHandshakeFailed { reason } => {
-                emit(
-                    "handshake_failed",
-                    json!({ "peer_id": self.remote.to_string(), "reason": reason }),
-                );
+            Action::ReportFailed { stage, reason } => {
+                let event = match stage {
+                    Stage::Handshake => "handshake_failed",
+                    Stage::Session => "session_failed",
+                };
+                let mut facts = self.session_facts();
+                facts["reason"] = json!(reason);
+                emit(event, facts);
+            }
+            Action::ReportLost { stage, reason } => {
+                let mut facts = self.session_facts();
+                facts["stage"] = json!(stage.as_str());
+                facts["reason"] = json!(reason);
+                emit("session_lost", facts);
             }
             Action::Exit { reason, code } => node::shutdown(&reason, code),
+        }
+    }
+
+    /// The facts of the session's connection every session event names.
+    fn session_facts(&self) -> serde_json::Value {
+        match &self.session {
+            Some(info) => json!({
+                "peer_id": info.peer_id.to_string(),
+                "connection_id": info.connection_number(),
+                "relayed": info.relayed,
+                "remote_addr": info.remote_addr.to_string(),
+            }),
+            None => json!({ "peer_id": self.remote.to_string() }),
         }
     }
 
@@ -278,36 +321,63 @@ impl Driver {
     /// Runs the session on the direct connection `conn` and closes the relayed one, so no Kaspa byte
     /// crosses the relay.
     fn use_direct(&mut self, conn: ConnectionId, source: Source, close: Option<ConnectionId>) {
-        let Some(info) = self.peer.swarm.behaviour().kaspa.connection(conn).cloned() else {
-            return;
-        };
-        emit(
-            "direct_connection",
-            json!({
-                "peer_id": info.peer_id.to_string(),
-                "connection_id": info.connection_number(),
-                "remote_addr": info.remote_addr.to_string(),
-                "relayed": false,
-                "source": source.as_str(),
-            }),
-        );
+        let info = self.peer.swarm.behaviour().kaspa.connection(conn).cloned();
+        if let Some(info) = &info {
+            log_direct_connection(info, source);
+        }
         if let Some(relayed) = close {
             self.peer.swarm.close_connection(relayed);
         }
-        self.start(conn);
+        self.start(info, source);
     }
 
-    /// Starts the handshake and session on `conn` (once).
-    fn start(&mut self, conn: ConnectionId) {
-        if let Some(plan) = self.plan.take() {
-            tokio::spawn(run_session(
-                plan,
-                conn,
-                self.open_tx.clone(),
-                self.done_tx.clone(),
-            ));
+    /// The lying-peer control: logs the relayed connection as the direct one our DCUtR punched (with the
+    /// relayed connection's id) and runs the session on it; every event of the session then repeats the lie.
+    fn lie_direct(&mut self, conn: ConnectionId) {
+        let kaspa = &mut self.peer.swarm.behaviour_mut().kaspa;
+        let info = lie::claim_direct(kaspa, conn, lie::CLIENT_CLAIMS);
+        if let Some(info) = &info {
+            log_direct_connection(info, Source::Dcutr);
         }
+        self.start(info, Source::Dcutr);
     }
+
+    /// Logs `session_connection` and starts the handshake and session on that connection (once). The machine
+    /// only picks connections that are open, and nothing closes between its step and this action.
+    fn start(&mut self, info: Option<ConnectionInfo>, source: Source) {
+        let Some(info) = info else {
+            node::shutdown(
+                "the session's connection was gone when the session started",
+                node::EXIT_FAILED,
+            );
+        };
+        let Some(plan) = self.plan.take() else {
+            return;
+        };
+        log_session_connection(&info, source);
+        let conn = info.connection_id;
+        self.session = Some(info);
+        tokio::spawn(run_session(
+            plan,
+            conn,
+            self.open_tx.clone(),
+            self.news_tx.clone(),
+        ));
+    }
+}
+
+/// `direct_connection`: the direct connection the session is about to run on and where it came from.
+fn log_direct_connection(info: &ConnectionInfo, source: Source) {
+    emit(
+        "direct_connection",
+        json!({
+            "peer_id": info.peer_id.to_string(),
+            "connection_id": info.connection_number(),
+            "remote_addr": info.remote_addr.to_string(),
+            "relayed": info.relayed,
+            "source": source.as_str(),
+        }),
+    );
 }
 
 /// The session's requests for Kaspa streams, each answered when its stream opens, fails or its connection
@@ -360,45 +430,62 @@ async fn open_stream(
     answer.await.map_err(|_| "swarm stopped".to_string())?
 }
 
-/// The handshake on `conn`, then `ping_streams` concurrent extra streams with one ping each, then pings on
-/// the handshake stream until the session time is up.
+/// A failure of the stream or its connection.
+fn transport(reason: String) -> SessionFailure {
+    SessionFailure {
+        reason,
+        transport: true,
+    }
+}
+
+/// The handshake on `conn`, then `ping_streams` concurrent extra streams with one ping each, then a ping on
+/// the handshake stream every `PING_EVERY` until the session time is up. Tells the machine when the
+/// handshake is done and how the session ended.
 async fn run_session(
     plan: Plan,
     conn: ConnectionId,
     open_tx: mpsc::Sender<StreamRequest>,
-    done: mpsc::Sender<Result<(), String>>,
+    news: mpsc::Sender<Input>,
 ) {
     let result = async {
-        let io = open_stream(&open_tx, conn).await?;
-        let mut session = kaspa::open(io).await?;
+        let io = open_stream(&open_tx, conn).await.map_err(transport)?;
+        let mut session = kaspa::open(io).await.map_err(transport)?;
         kaspa::client_handshake(&plan.local, &mut session)
             .await
-            .map_err(|e| e.to_string())?;
-        let extra = (0..plan.ping_streams).map(|i| {
-            let open_tx = open_tx.clone();
-            async move {
-                let io = open_stream(&open_tx, conn).await?;
-                let mut extra = kaspa::open(io).await?;
-                kaspa::ping(&mut extra, 1_000_000 + u64::from(i))
-                    .await
-                    .map(|_| ())
+            .map_err(|e| SessionFailure {
+                transport: e.is_transport(),
+                reason: e.to_string(),
+            })?;
+        let _ = news.send(Input::HandshakeDone).await;
+        let session_result: Result<(), String> = async {
+            let extra = (0..plan.ping_streams).map(|i| {
+                let open_tx = open_tx.clone();
+                async move {
+                    let io = open_stream(&open_tx, conn).await?;
+                    let mut extra = kaspa::open(io).await?;
+                    kaspa::ping(&mut extra, 1_000_000 + u64::from(i))
+                        .await
+                        .map(|_| ())
+                }
+            });
+            for outcome in futures::future::join_all(extra).await {
+                outcome?;
             }
-        });
-        for outcome in futures::future::join_all(extra).await {
-            outcome?;
-        }
-        let ends = tokio::time::Instant::now() + plan.session;
-        let mut nonce = 1u64;
-        loop {
-            kaspa::ping(&mut session, nonce).await?;
-            nonce += 1;
-            if tokio::time::Instant::now() >= ends {
-                return Ok(());
+            let ends = tokio::time::Instant::now() + plan.session;
+            let mut nonce = 1u64;
+            loop {
+                kaspa::ping(&mut session, nonce).await?;
+                nonce += 1;
+                let now = tokio::time::Instant::now();
+                if now >= ends {
+                    return Ok(());
+                }
+                tokio::time::sleep(PING_EVERY.min(ends - now)).await;
             }
-            tokio::time::sleep(Duration::from_millis(500).min(ends - tokio::time::Instant::now()))
-                .await;
         }
+        .await;
+        session_result.map_err(transport)
     }
     .await;
-    let _ = done.send(result).await;
+    let _ = news.send(Input::SessionEnded(result)).await;
 }

@@ -47,7 +47,7 @@ async fn main() {
                     node::log_connection(&peer_id, connection_id, &endpoint, false);
                 }
                 SwarmEvent::ConnectionClosed { peer_id, connection_id, endpoint, cause, .. } => {
-                    node::log_connection_closed(&peer_id, connection_id, &endpoint, cause.map(|c| c.to_string()));
+                    node::log_connection_closed(&peer_id, connection_id, endpoint.is_relayed(), false, cause.map(|c| c.to_string()));
                 }
                 SwarmEvent::Behaviour(RelayBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                     emit("identify_received", json!({ "peer_id": peer_id.to_string(), "agent": info.agent_version }));

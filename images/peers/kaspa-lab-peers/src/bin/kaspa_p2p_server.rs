@@ -1,25 +1,30 @@
 //! `kaspa_p2p_server`: a private Kaspa peer. Listens, reserves a slot on the relay, listens on its
-//! `/p2p-circuit` address and serves the Kaspa P2P service on every inbound libp2p stream.
+//! `/p2p-circuit` address and serves the Kaspa P2P service on every inbound libp2p stream, logging which
+//! connection each client's session arrived on (`session_connection`). `LAB_LIE_DIRECT` is the lying-peer
+//! control ([`kaspa_lab_peers::lie`]).
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ConnectionId;
 use libp2p::{relay, Multiaddr, PeerId};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
 use kaspa_lab_peers::config::{
-    ConfigError, DCUTR, IDLE, KEY_FILE, LISTEN, NETWORK, RELAYS, RUN_FOR, SEED,
+    ConfigError, DCUTR, IDLE, KEY_FILE, LIE_DIRECT, LISTEN, NETWORK, RELAYS, RUN_FOR, SEED,
 };
 use kaspa_lab_peers::events::emit;
 use kaspa_lab_peers::identity;
 use kaspa_lab_peers::kaspa::{self, KaspaIo, Local};
+use kaspa_lab_peers::lie;
 use kaspa_lab_peers::node::{self, or_exit};
 use kaspa_lab_peers::peer::{log_relay_dial_failed, Peer, PeerEvent};
-use kaspa_lab_peers::streams::{self, is_relayed};
+use kaspa_lab_peers::session::{log_session_connection, Source};
+use kaspa_lab_peers::streams::{self, is_relayed, ConnectionInfo};
 
 const BINARY: &str = "kaspa_p2p_server";
 /// A relay connection without the relay's identify after this long: request the reservation anyway.
@@ -35,9 +40,9 @@ async fn main() {
         BINARY,
         "private Kaspa peer reachable through a circuit-relay-v2 reservation and DCUtR",
         &[
-            &LISTEN, &RELAYS, &SEED, &KEY_FILE, &NETWORK, &DCUTR, &IDLE, &RUN_FOR,
+            &LISTEN, &RELAYS, &SEED, &KEY_FILE, &NETWORK, &DCUTR, &IDLE, &RUN_FOR, &LIE_DIRECT,
         ],
-        "listen /ip4/0.0.0.0/tcp/4012, network mainnet, DCUtR on, identity random, idle timeout 300 s,\n  run until signalled.",
+        "listen /ip4/0.0.0.0/tcp/4012, network mainnet, DCUtR on, identity random, idle timeout 300 s,\n  run until signalled, no lying.",
     );
     // As in the PoC, LIBP2P_LISTEN_MULTIADDRS may also name relay circuits (`<relay>/p2p-circuit`): their
     // relays are added to LIBP2P_RELAY_MULTIADDRS.
@@ -70,14 +75,14 @@ async fn main() {
         .into_iter()
         .collect();
     let network = or_exit(BINARY, source.network());
-    let dcutr = or_exit(BINARY, source.flag(&DCUTR, true));
+    let lie::Switches { lie, dcutr } = or_exit(BINARY, lie::switches(&source, &[]));
     let idle = or_exit(BINARY, source.seconds(&IDLE, 300.0));
     let run_for = or_exit(BINARY, source.seconds(&RUN_FOR, 0.0));
     let key = or_exit(BINARY, identity::load(&source));
     let mut peer = Peer::start(key, dcutr, idle, relays);
     emit(
         "config",
-        json!({ "network": network, "dcutr_enabled": dcutr }),
+        json!({ "network": network, "dcutr_enabled": dcutr, "lie_direct": lie }),
     );
 
     let (incoming_tx, incoming_rx) = mpsc::channel::<KaspaIo>(64);
@@ -90,6 +95,7 @@ async fn main() {
 
     node::listen_all(&mut peer.swarm, BINARY, listen);
     let mut reservations = Reservations::new();
+    let mut sessions = Sessions::new(lie);
     let stop = node::stop_reason(run_for);
     tokio::pin!(stop);
     loop {
@@ -98,14 +104,82 @@ async fn main() {
             () = reservations.retry_due() => reservations.retry(&mut peer),
             event = peer.next() => match event {
                 PeerEvent::Kaspa(streams::Event::Inbound(info, stream)) => {
+                    let info = sessions.arrived(&mut peer, info);
                     let handed_over = incoming_tx.send(KaspaIo::new(stream, info)).await;
                     if handed_over.is_err() {
                         node::shutdown("kaspa service stopped", 1);
                     }
                 }
-                event => reservations.on(&mut peer, event),
+                event => {
+                    sessions.on(&event);
+                    reservations.on(&mut peer, event);
+                }
             },
         }
+    }
+}
+
+/// Which connections the clients' sessions arrived on: the first Kaspa stream of a connection (a client's
+/// handshake stream) is logged as `session_connection`, its `source` saying whether our own DCUtR produced
+/// the connection, the client's dial reached our listener, or it is the relay circuit.
+struct Sessions {
+    /// The lying-peer control: a session arriving over the relay is claimed direct.
+    lie: bool,
+    /// Connections our DCUtR reported ok, while open.
+    own_dcutr: HashSet<ConnectionId>,
+    /// Connections a session arrived on, while open.
+    seen: HashSet<ConnectionId>,
+}
+
+impl Sessions {
+    fn new(lie: bool) -> Self {
+        Self {
+            lie,
+            own_dcutr: HashSet::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    fn on(&mut self, event: &PeerEvent) {
+        match event {
+            PeerEvent::Dcutr(dcutr) => {
+                if let Ok(conn) = dcutr.result {
+                    self.own_dcutr.insert(conn);
+                }
+            }
+            PeerEvent::Closed { connection_id, .. } => {
+                self.own_dcutr.remove(connection_id);
+                self.seen.remove(connection_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// A Kaspa stream arrived on `info`'s connection: the facts its handshake and pings will log.
+    fn arrived(&mut self, peer: &mut Peer, info: ConnectionInfo) -> ConnectionInfo {
+        let conn = info.connection_id;
+        if !self.seen.insert(conn) {
+            // Not the first stream: the connection's facts as they now stand (the liar's disguise included).
+            return peer
+                .swarm
+                .behaviour()
+                .kaspa
+                .connection(conn)
+                .cloned()
+                .unwrap_or(info);
+        }
+        let (info, source) = if self.lie && info.relayed {
+            let kaspa = &mut peer.swarm.behaviour_mut().kaspa;
+            match lie::claim_direct(kaspa, conn, lie::SERVER_CLAIMS) {
+                Some(disguised) => (disguised, Source::Dcutr),
+                None => (info, Source::Relay),
+            }
+        } else {
+            let source = Source::of_arrival(&info, &self.own_dcutr);
+            (info, source)
+        };
+        log_session_connection(&info, source);
+        info
     }
 }
 
