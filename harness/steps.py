@@ -146,8 +146,11 @@ class StopStep(_NodeStep):
     timeout: Seconds = 5.0
 
     def run(self, ctx: RunContext) -> str | None:
+        # Both ends of the stop: a line after `stopped` is from a world without the process; a reaction to its
+        # death (a relayed session lost) comes after `stopping`, maybe before the stop call returned.
+        ctx.note("stopping", self.node)
         ctx.backend.stop(self.node, self.timeout)
-        ctx.note("stopped", self.node)  # after the stop returned: the process is gone from here on
+        ctx.note("stopped", self.node)
         ctx.pull()
         return None
 

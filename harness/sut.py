@@ -42,7 +42,8 @@ LAB_SUT = Sut(
     format="json",
     checkpoints={
         "started": CheckpointDef(event="started", facts=["target"]),
-        "stopped": CheckpointDef(event="stopped", facts=["target"]),
+        "stopping": CheckpointDef(event="stopping", facts=["target"]),  # the lab begins to stop it
+        "stopped": CheckpointDef(event="stopped", facts=["target"]),  # its process is gone
         "link_down": CheckpointDef(event="link_down", facts=["target"]),
         "link_up": CheckpointDef(event="link_up", facts=["target"]),
     },

@@ -121,6 +121,18 @@ def server_script(dcutr: bool = True) -> list[tuple[float, str]]:
             ),
             (5.1, _json("dcutr", "server", remote_peer_id=CLIENT_ID, result="ok", connection_id=4, error=None)),
             (
+                5.5,
+                _json(
+                    "session_connection",
+                    "server",
+                    peer_id=CLIENT_ID,
+                    connection_id=4,
+                    source="dcutr",
+                    remote_addr="/ip4/198.18.0.4/tcp/4013",
+                    relayed=False,
+                ),
+            ),
+            (
                 5.6,
                 _json(
                     "handshake_complete",
@@ -156,6 +168,18 @@ def client_script(dcutr: bool = True, fallback: bool = False) -> list[tuple[floa
     if dcutr:
         lines += [
             (2.0, _json("dcutr", "client", remote_peer_id=SERVER_ID, result="ok", connection_id=5, error=None)),
+            (
+                2.1,
+                _json(
+                    "session_connection",
+                    "client",
+                    peer_id=SERVER_ID,
+                    connection_id=5,
+                    source="dcutr",
+                    remote_addr="/ip4/198.18.0.3/tcp/4012",
+                    relayed=False,
+                ),
+            ),
             (
                 2.4,
                 _json(
@@ -195,7 +219,9 @@ def client_script(dcutr: bool = True, fallback: bool = False) -> list[tuple[floa
                     protocol_version=7,
                 ),
             ),
-            (3.0, _json("shutdown", "client", reason="session complete (relayed)")),
+            # the relay is stopped ~2.4 s after the client started: the relayed session dies with it
+            (2.8, _json("session_lost", "client", peer_id=SERVER_ID, connection_id=2, relayed=True, reason="closed")),
+            (3.0, _json("shutdown", "client", reason="session lost", exit_code=3)),
         ]
     else:
         lines += [(3.0, _json("shutdown", "client", reason="no direct connection and no fallback allowed"))]

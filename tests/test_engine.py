@@ -41,7 +41,7 @@ def test_mixed_nat_direct(phase4, tmp_path):
     backend = lab()
     result, messages = _run(phase4, "mixed_nat", backend, tmp_path)
     assert result.verdict == Verdict.direct and result.as_expected and result.error is None
-    assert [c.status for c in result.checkpoints] == ["met"] * 10
+    assert [c.status for c in result.checkpoints] == ["met"] * 11
     assert result.timings["punch"] == pytest.approx(2.0, abs=0.5)
     assert result.timings["handshake"] is not None
     assert not backend.closed  # the caller owns the backend
@@ -84,7 +84,7 @@ def test_symmetric_control_is_relayed(phase4, tmp_path):
     backend = lab(dcutr=False, fallback=True)
     result, _ = _run(phase4, "mixed_nat_symmetric_control", backend, tmp_path)
     assert result.verdict == Verdict.relayed and result.as_expected
-    assert result.first_missing.name == "client.dcutr_direct"
+    assert result.first_missing.name == "client.dcutr_direct | client.session_inbound"
     assert backend.provisioned.nodes["server"].nat_profile == "symmetric"
     assert backend.starts["client"][0][2]["ALLOW_RELAY_FALLBACK"] == "true"
 
@@ -93,10 +93,10 @@ def test_no_dcutr_control_fails_at_dcutr(phase4, tmp_path):
     backend = lab(dcutr=False)
     result, _ = _run(phase4, "mixed_nat_no_dcutr", backend, tmp_path)
     assert result.verdict == Verdict.fail and result.as_expected
-    assert result.first_missing.name == "client.dcutr_direct"
+    assert result.first_missing.name == "client.dcutr_direct | client.session_inbound"
     assert all(start[2]["DCUTR_ENABLED"] == "false" for n in ("server", "client") for start in backend.starts[n])
     report = json.loads((result.report_dir / "report.json").read_text())
-    assert report["first_missing"]["checkpoint"] == "client.dcutr_direct"
+    assert report["first_missing"]["checkpoint"] == "client.dcutr_direct | client.session_inbound"
 
 
 def test_a_wait_past_its_deadline_stops_the_steps_but_not_the_report(phase4, tmp_path):

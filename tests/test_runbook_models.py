@@ -26,7 +26,12 @@ def test_shipped_runbooks_load(path):
 def test_phase4_scenarios_and_overrides():
     runbook = load_runbook(PHASE4)
     by_id = runbook.scenarios_by_id
-    assert list(by_id) == ["mixed_nat", "mixed_nat_symmetric_control", "mixed_nat_no_dcutr"]
+    assert list(by_id) == [
+        "mixed_nat",
+        "mixed_nat_symmetric_control",
+        "mixed_nat_lying_peer_control",
+        "mixed_nat_no_dcutr",
+    ]
     assert all(s.markers == ["mixed_nat"] for s in runbook.scenarios)
     topology = runbook.topology(by_id["mixed_nat"])
     assert topology.nodes["server"].nat_profile == "openwrt-fw4-fullcone"
