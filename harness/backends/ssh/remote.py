@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_SECONDS = 15  # NAT routers drop idle flows; a matrix run is long
+SFTP_TIMEOUT = 15.0  # one SFTP request: a host that stops answering mid-run must not hold the run
+
+
+class ConnectionLost(LabError):
+    """The connection to a host is gone, or a request on it got no answer (harness.backends.ssh.backend turns it
+    into one line naming the host, what happened and when)."""
 
 
 class _AcceptNew:
@@ -83,8 +89,8 @@ class RemoteHost:
 
     @property
     def where(self) -> str:
-        """The start of a message about this host: the inventory file and the host's alias."""
-        return f"{self.inventory.display}: host {self.alias!r}"
+        """The start of a message about this host: the inventory file and line, and the host's alias."""
+        return self.inventory.where(self.alias)
 
     # -- connecting ----------------------------------------------------------------------------------------
 
@@ -165,11 +171,11 @@ class RemoteHost:
             command = f"sudo -n {command}"
         transport = self.connection.transport
         if transport is None or not transport.is_active():
-            raise LabError(f"{self.inventory.display}: the SSH connection to host {self.alias!r} is gone")
+            raise ConnectionLost(f"{self.inventory.display}: the SSH connection to host {self.alias!r} is gone")
         try:
             channel = transport.open_session(timeout=self.connect_timeout)
         except Exception as error:
-            raise LabError(f"{self.where}: cannot open a session: {type(error).__name__}") from None
+            raise ConnectionLost(f"{self.where}: cannot open a session: {type(error).__name__}") from None
         deadline = time.monotonic() + timeout
         chunks: list[bytes] = []
         try:
@@ -205,8 +211,17 @@ class RemoteHost:
 
     # -- files -----------------------------------------------------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        transport = self.connection.transport
+        return transport is not None and transport.is_active()
+
     def sftp(self) -> Any:
-        return self.connection.sftp()  # fabric opens one per connection and keeps it
+        client = self.connection.sftp()  # fabric opens one per connection and keeps it
+        channel = client.get_channel()
+        if channel is not None and channel.gettimeout() is None:
+            channel.settimeout(SFTP_TIMEOUT)  # every request answers within it, or raises socket.timeout
+        return client
 
     def put(self, path: str, data: bytes, mode: int = 0o600) -> None:
         with self.sftp().open(path, "wb") as handle:
