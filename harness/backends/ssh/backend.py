@@ -18,9 +18,11 @@ Faults on a fleet: every request to a host is bounded (SFTP and shell alike). Wh
 is found (the first of its jump chain whose connection is gone, else the host itself), reconnected once: if that
 fails it is *unreachable*; if its node processes are gone without an exit code it *lost its processes* (it
 rebooted, or something killed them); else the request is retried. A fault is one HostFault line naming the host,
-what happened, when (UTC, and seconds since provisioning began) and what the backend was doing; every later request
-to that host, or through it, fails with the same line at once. close() reconnects a host whose connection died,
-so a rebooted host is cleaned up too; an unreachable one is skipped (and logged), the rest of the fleet is cleaned.
+what happened, when (UTC, and seconds since provisioning began) and what the backend was doing. Every later
+request to an unreachable host, or through it, fails with the same line at once (its logs end where they were
+read); a host that lost its processes but answers again is used again (its logs and its router's table are
+evidence). close() reconnects a host whose connection died, so a rebooted host is cleaned up too; an unreachable
+one is skipped (and logged), the rest of the fleet is cleaned.
 
 Nothing here prints an address, a password or a key: errors name inventory hosts by their alias, because error
 texts reach the report before the sanitiser exists.
@@ -107,6 +109,8 @@ class SshBackend:
         self._relay_ip: str | None = None
         self._hostnames: set[str] = set()
         self._faults: dict[str, str] = {}  # inventory alias -> the fault line of a host that broke the run
+        self._unreachable: set[str] = set()  # hosts that broke the run unreachable (and what rides on them)
+        self._reported: set[str] = set()  # hosts whose fault was raised
         self._began: float | None = None  # monotonic time provisioning began
         self._closed = False
         cleanup.register(self)
@@ -214,7 +218,7 @@ class SshBackend:
         """`action` on a connected host; a connection that died or a request without answer becomes a HostFault
         (or, when the host is back with its processes, one retry)."""
         for host in [*self.inventory.jump_chain(alias), alias]:
-            if host in self._faults:
+            if host in self._unreachable:
                 raise HostFault(self._faults[host])
         try:
             return action(self._remote(alias))
@@ -239,7 +243,8 @@ class SshBackend:
         for host in chain[chain.index(culprit) :]:
             # A request that got no answer on a live connection makes that connection suspect too: a fresh one.
             if self._reconnect(host, force=True) is None:
-                raise self._fault(host, f"became unreachable while {what} ({self.inventory.scrub(_reason(error))})")
+                reason = self.inventory.scrub(_reason(error))
+                raise self._fault(host, f"became unreachable while {what} ({reason})", unreachable=True)
         gone = self._lost_nodes(culprit)
         if gone:
             raise self._fault(
@@ -289,15 +294,18 @@ class SshBackend:
         states = dict(line.split(" ", 1) for line in result.output.splitlines() if " " in line)
         return [name for name in started if states.get(name) == "gone"]
 
-    def _fault(self, alias: str, what: str) -> HostFault:
+    def _fault(self, alias: str, what: str, *, unreachable: bool = False) -> HostFault:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         since = f", {time.monotonic() - self._began:.1f}s after provisioning began" if self._began else ""
         message = f"{self.inventory.where(alias)}: {what}; at {now}{since}"
         self._faults[alias] = message
-        for name in self.inventory.hosts:  # what rides on it breaks with it
-            if alias in self.inventory.jump_chain(name):
+        if unreachable:  # what rides on it is unreachable with it; a host back after a reboot is usable again
+            riders = [name for name in self.inventory.hosts if alias in self.inventory.jump_chain(name)]
+            for name in [alias, *riders]:
                 self._faults.setdefault(name, message)
+                self._unreachable.add(name)
         log.error("%s", message)
+        self._reported.add(alias)
         return HostFault(message)
 
     # -- addresses -----------------------------------------------------------------------------------------
@@ -419,6 +427,8 @@ class SshBackend:
 
     def log_lines(self, node: str, start: int = 0) -> list[str]:
         state = self._node(node)
+        if state.host in self._unreachable and state.host in self._reported:
+            return state.lines[start:]  # the fault was raised once; what was read before it is all there is
         if state.started:
             data = self._read(state, ".log", state.offset)
             if data:
@@ -473,14 +483,14 @@ class SshBackend:
                 path.write_bytes(data or b"")
                 written.append(path)
             except HostFault:
-                problems.append(f"{name}.log (host {state.host!r} broke the run)")
+                problems.append(f"{name}.log (skipped: host {state.host!r} is past a fault)")
             except Exception as error:
                 problems.append(f"{name}.log: {type(error).__name__}")
         for router in self._routers:
             try:
                 written.extend(self._collect_router(router, dest))
             except HostFault:
-                problems.append(f"{router}.conntrack (host {self._routers[router]!r} broke the run)")
+                problems.append(f"{router}.conntrack (skipped: host {self._routers[router]!r} is past a fault)")
             except Exception as error:
                 problems.append(f"{router}.conntrack: {type(error).__name__}")
         write_addresses(dest, self._addresses)
@@ -496,12 +506,14 @@ class SshBackend:
         # A connection that died (a host that rebooted) is made again, jump hosts first, so it is cleaned up too;
         # a host that stays unreachable is skipped, and so is what rides on it.
         for alias in list(self._remotes):
-            if not self._remotes[alias].alive and self._reconnect(alias) is None:
+            if alias in self._unreachable:
                 log.warning("cleanup: host %r is unreachable, its run directory stays", alias)
+            elif not self._remotes[alias].alive and self._reconnect(alias) is None:
+                log.warning("cleanup: host %r cannot be reached again, its run directory stays", alias)
         # Hosts behind a jump host first: their connections ride on the jump host's.
         remotes = list(reversed(self._remotes.values()))
         for remote in remotes:
-            if not remote.run_dir or not remote.alive:
+            if not remote.run_dir or not remote.alive or remote.alias in self._unreachable:
                 continue
             try:
                 result = remote.run(scripts.cleanup_script(remote.run_dir), sudo=remote.is_router, timeout=30)
