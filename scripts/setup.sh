@@ -4,12 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for tool in mmdebstrap nft conntrack; do
+# ssh: OpenSSH's client, which ansible-playbook uses in the fleet e2e tests (the harness itself uses paramiko).
+for tool in mmdebstrap nft conntrack ssh; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages (${need_apt[*]})"
-  pkgs=(mmdebstrap nftables conntrack)
+  pkgs=(mmdebstrap nftables conntrack openssh-client)
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${pkgs[@]}" >/dev/null

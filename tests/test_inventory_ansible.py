@@ -25,7 +25,21 @@ from harness.cli import main
 from harness.errors import BadInput
 
 INVENTORIES = Path(__file__).resolve().parent.parent / "inventories"
-needs_ansible = pytest.mark.skipif(shutil.which("ansible-inventory") is None, reason="ansible-core not installed")
+
+
+def _needs_ansible(test):
+    """ansible-core is a test dependency: its absence fails these tests rather than skipping them."""
+
+    def wrapper(*args, **kwargs):
+        assert shutil.which("ansible-inventory"), "ansible-inventory is missing: pip install -e '.[test]'"
+        return test(*args, **kwargs)
+
+    import functools
+
+    return functools.wraps(test)(wrapper)
+
+
+needs_ansible = _needs_ansible
 
 NESTED = """\
 all:
@@ -460,3 +474,31 @@ def test_check_of_a_bad_inventory_is_one_line_and_exit_2(tmp_path, capsys, wide)
 def test_check_with_ansible_says_they_agree(tmp_path, capsys):
     assert main(["inventory", "check", str(INVENTORIES / "fleet.example.ini"), "--ansible"]) == 0
     assert "reads it the same" in capsys.readouterr().out
+
+
+@needs_ansible
+def test_what_only_ansible_reads_is_read_through_it(tmp_path):
+    """An inventory directory (hosts plus group_vars/) is Ansible's to read: through ansible-inventory, to the same
+    hosts as the one-file version of it."""
+    directory = tmp_path / "inventory"
+    (directory / "group_vars").mkdir(parents=True)
+    text = (INVENTORIES / "fleet.example.yml").read_text()
+    (directory / "hosts.yml").write_text(text.replace("    ansible_user: dcutr\n", "", 1))
+    (directory / "group_vars" / "all.yml").write_text("ansible_user: dcutr\n")
+    inventory = load_inventory(directory)
+    assert inventory.format == "ansible-inventory"
+    assert _summary(inventory) == _summary(load_inventory(INVENTORIES / "fleet.example.yml"))
+    # Without group_vars/all.yml Ansible gives no user: the directory really was read through Ansible.
+    (directory / "group_vars" / "all.yml").unlink()
+    assert load_inventory(directory).hosts["home-pc"].ansible_user is None
+
+
+def test_group_vars_beside_a_file_are_never_silently_ignored(tmp_path, monkeypatch):
+    path = write(tmp_path, NESTED)
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "server.yml").write_text("ansible_port: 2999\n")
+    if shutil.which("ansible-inventory"):
+        assert load_inventory(path).hosts["s1"].ansible_port == 2999  # read, through Ansible
+    monkeypatch.setattr("harness.backends.ssh.ansible_parser.ansible_inventory", lambda: None)
+    message = error_of(path)
+    assert "group_vars/ beside it: only Ansible reads those" in message

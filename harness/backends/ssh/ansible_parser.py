@@ -1,7 +1,8 @@
 """Ansible's own inventory parser, where it is installed (`ansible-core`, a test dependency): for the inventories
 dcutr-lab does not read itself, and to check that it reads the others as Ansible does.
 
-    wants_ansible(path)       a directory, a script or an inventory plugin's YAML: only Ansible reads those
+    wants_ansible(path)       a directory, a script, an inventory plugin's YAML, or a file with group_vars/ or
+                              host_vars/ beside it: only Ansible reads those
     read_with_ansible(path)   `ansible-inventory -i PATH --list`, read as the JSON dcutr-lab reads (`sources`)
     compare_with_ansible(inv) what Ansible makes of the same file, against ours: a list of differences
 
@@ -44,7 +45,7 @@ def wants_ansible(path: Path) -> bool:
     path = Path(path)
     if ansible_inventory() is None:
         return False
-    if path.is_dir():
+    if path.is_dir() or vars_directories(path):
         return True
     if not path.is_file():
         return False
@@ -55,6 +56,12 @@ def wants_ansible(path: Path) -> bool:
             return False
         return any(line.startswith("plugin:") for line in head.splitlines())
     return os.access(path, os.X_OK) and path.suffix.lower() not in (".ini", ".json", ".cfg")
+
+
+def vars_directories(path: Path) -> list[str]:
+    """group_vars/ and host_vars/ beside an inventory file: Ansible reads them, so must whoever reads the file."""
+    path = Path(path)
+    return [name for name in ("group_vars", "host_vars") if path.is_file() and (path.parent / name).is_dir()]
 
 
 def ansible_list(path: Path) -> dict[str, Any]:

@@ -214,9 +214,17 @@ def _resolve(inventory: Path, value: str | None) -> Path | None:
 def load_inventory(path: Path) -> Inventory:
     """Parse and check an inventory; any problem is one BadInput line naming the file, line, host and key."""
     path = Path(path)
-    from harness.backends.ssh.ansible_parser import read_with_ansible, wants_ansible
+    from harness.backends.ssh.ansible_parser import read_with_ansible, vars_directories, wants_ansible
 
-    raw = read_with_ansible(path) if wants_ansible(path) else read_source(path)
+    if wants_ansible(path):
+        return resolve(read_with_ansible(path))
+    beside = vars_directories(path)
+    if beside:
+        raise BadInput(
+            f"{shown(path)}: {' and '.join(f'{d}/' for d in beside)} beside it: only Ansible reads those "
+            "(pip install ansible-core), or move the variables into the inventory"
+        )
+    raw = read_source(path)
     return resolve(raw)
 
 
