@@ -347,6 +347,7 @@ def test_provision_playbook_prepares_the_fleet_and_a_second_run_changes_nothing(
     import os
     import shutil
     import subprocess
+    import tempfile
 
     program = shutil.which("ansible-playbook")
     assert program, "ansible-playbook is missing: pip install -e '.[test]' (ansible-core is a test dependency)"
@@ -359,7 +360,8 @@ def test_provision_playbook_prepares_the_fleet_and_a_second_run_changes_nothing(
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "false",
         "ANSIBLE_LOCAL_TEMP": str(fleet.directory / "ansible-local"),
-        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(fleet.directory / "cp"),
+        # A short directory: a control socket's path must fit in 108 bytes, and pytest's tmp paths are long.
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": tempfile.mkdtemp(prefix="dcutr-cp-"),
     }
 
     def play() -> dict[str, dict[str, int]]:
@@ -377,11 +379,13 @@ def test_provision_playbook_prepares_the_fleet_and_a_second_run_changes_nothing(
             assert counts["unreachable"] == 0 and counts["failed"] == 0, (host, counts, done.stdout)
         return recap
 
-    first = play()
+    try:
+        first, second = play(), play()
+    finally:
+        shutil.rmtree(env["ANSIBLE_SSH_CONTROL_PATH_DIR"], ignore_errors=True)
     # What the backend needs that the machines lacked: its private binary cache on the node hosts.
     assert {h for h, c in first.items() if c["changed"]} == {"relay-vm", "home-pc", "client-vps"}, first
     for name in fleet.vms:
         mode = lab.must(name, ["stat", "-c", "%a %U", f"/home/{VM_USER}/.dcutr-lab/bin"], "stat").strip()
         assert mode == f"700 {VM_USER}", (name, mode)
-    second = play()
     assert all(counts["changed"] == 0 for counts in second.values()), second
