@@ -7,9 +7,11 @@ the fleet is cleaned up (no process, no run directory), and the report says whic
                                                                 a host that "reboots" (all its user's processes
                                                                 killed, its SSH connections with them)
 
-The mid-run faults are injected when the engine starts step 6 (wait for the client to exit): relay and server run,
-the client has just started. Every test names its negative side too: the other hosts are asserted clean, and the
-broken one is asserted to be what the line names (never another host, never an address).
+Their reports go to the test's tmp_path, not reports/: a nightly index must not count a fault put in on
+purpose as the scenario failing. The mid-run faults are injected when the engine starts step 6 (wait for the
+client to exit): relay and server run, the client has just started. Every test names its negative side too: the
+other hosts are asserted clean, and the broken one is asserted to be what the line names (never another host,
+never an address).
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def _another_key_line() -> str:
     return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
-def test_a_wrong_host_key_stops_the_run_naming_the_host(lab, tmp_path: Path, run_dir: Path) -> None:
+def test_a_wrong_host_key_stops_the_run_naming_the_host(lab, tmp_path: Path) -> None:
     from harness.errors import BadInput
 
     inventory, known_hosts, hosts = small_fleet(lab, tmp_path)
@@ -128,7 +130,7 @@ def test_a_wrong_host_key_stops_the_run_naming_the_host(lab, tmp_path: Path, run
     wrong = f"{client_ip} {_another_key_line()}"
     lines = [wrong if line.startswith(client_ip + " ") else line for line in known_hosts.read_text().splitlines()]
     known_hosts.write_text("".join(line + "\n" for line in lines))
-    message, report = _run_refused(lab, inventory, run_dir, BadInput)
+    message, report = _run_refused(lab, inventory, tmp_path / "report", BadInput)
     assert "inventory.yml:5: host 'client-vps' (port 22): dcutr_known_hosts: its host key does not match" in message
     assert client_ip not in message and "relay-vm" not in message and "home-pc" not in message
     assert "client-vps" in report["error"] and "does not match" in report["error"]
@@ -136,24 +138,24 @@ def test_a_wrong_host_key_stops_the_run_naming_the_host(lab, tmp_path: Path, run
     _nothing_left(lab, lab.run_id, ("relay", "server", "client"))
 
 
-def test_failed_authentication_stops_the_run_naming_the_host(lab, tmp_path: Path, run_dir: Path) -> None:
+def test_failed_authentication_stops_the_run_naming_the_host(lab, tmp_path: Path) -> None:
     from harness.errors import BadInput
 
     inventory, _known_hosts, _hosts = small_fleet(lab, tmp_path)
     stranger = _another_key_line()
     lab.must("server", ["sh", "-c", f"echo '{stranger}' > /home/{VM_USER}/.ssh/authorized_keys"], "other key")
-    message, report = _run_refused(lab, inventory, run_dir, BadInput)
+    message, report = _run_refused(lab, inventory, tmp_path / "report", BadInput)
     assert "inventory.yml:4: host 'home-pc' (port 22): ansible_ssh_private_key_file: authentication failed" in message
     assert "client-vps" not in message and "relay-vm" not in message
     assert "home-pc" in report["error"] and "authentication failed" in report["error"]
     _nothing_left(lab, lab.run_id, ("relay", "server", "client"))
 
 
-def test_a_full_disk_on_upload_names_the_host_and_cleans_the_others(lab, tmp_path: Path, run_dir: Path) -> None:
+def test_a_full_disk_on_upload_names_the_host_and_cleans_the_others(lab, tmp_path: Path) -> None:
     from harness.errors import SetupError
 
     inventory, _known_hosts, hosts = small_fleet(lab, tmp_path, client_disk="3m")
-    message, report = _run_refused(lab, inventory, run_dir, SetupError)
+    message, report = _run_refused(lab, inventory, tmp_path / "report", SetupError)
     assert "inventory.yml:" in message and "host 'client-vps': no space left on its disk for kaspa_p2p_" in message
     assert re.search(r"KiB free \(the partial upload was removed\)$", message), message
     assert "client-vps" in report["error"] and "no space left" in report["error"]
@@ -207,10 +209,10 @@ def _run_with_fault(fleet: Fleet, lab, run_dir: Path, inject):
     return result, report
 
 
-def test_a_host_that_stops_answering_mid_run_is_named_and_the_rest_cleaned(fleet: Fleet, lab, run_dir: Path) -> None:
+def test_a_host_that_stops_answering_mid_run_is_named_and_the_rest_cleaned(fleet: Fleet, lab) -> None:
     container = lab.container("client").get_wrapped_container()
     try:
-        result, report = _run_with_fault(fleet, lab, run_dir, container.pause)
+        result, report = _run_with_fault(fleet, lab, fleet.directory / "report", container.pause)
     finally:
         container.unpause()
     assert result.verdict == "fail" and not result.as_expected
@@ -227,7 +229,7 @@ def test_a_host_that_stops_answering_mid_run_is_named_and_the_rest_cleaned(fleet
     assert lab.run_id in left, "the unreachable host cannot have been cleaned: this run's directory must be there"
 
 
-def test_a_host_that_reboots_mid_run_is_named_and_cleaned_up_too(fleet: Fleet, lab, run_dir: Path) -> None:
+def test_a_host_that_reboots_mid_run_is_named_and_cleaned_up_too(fleet: Fleet, lab) -> None:
     def reboot() -> None:
         # What a reboot does to a run: every process of the login user is gone, its SSH connections with them.
         lab.exec(
@@ -235,7 +237,7 @@ def test_a_host_that_reboots_mid_run_is_named_and_cleaned_up_too(fleet: Fleet, l
             ["setpriv", f"--reuid={VM_USER}", f"--regid={VM_USER}", "--clear-groups", "sh", "-c", "kill -KILL -1"],
         )
 
-    result, report = _run_with_fault(fleet, lab, run_dir, reboot)
+    result, report = _run_with_fault(fleet, lab, fleet.directory / "report", reboot)
     assert result.verdict == "fail" and not result.as_expected
     error = report["error"]
     first = error.split("; collecting artefacts")[0]
