@@ -9,10 +9,11 @@ previous night.
 
 Contract: reads only `report.json` files (schema dcutr-lab/report v1, via harness.report.load_record); a run
 record stands for the scenario and attempt records below it, a scenario record with no run record above it stands
-for itself. An entry is keyed by runbook and scenario id; several entries of one key (pytest ran a scenario twice)
-are merged into one, its attempts added up. Trends compare each key with the previous index's: worse (it was as
-expected and is not, or its success rate fell), better, new, gone, same; what got worse is listed first. A file
-that is not a report is skipped and named in the index, never fatal; a previous index that is not one is BadInput.
+for itself. An entry is keyed by runbook, scenario id and backend (`@ssh` when not Docker); several entries of one
+key (pytest ran a scenario twice) are merged into one, their attempts added up. Trends compare each key with the
+previous index's: worse (it was as expected and is not, or its success rate fell), better, new, gone, same; what
+got worse is listed first. A file that is not a report is skipped and named in the index, never fatal; a previous
+index that is not one is BadInput.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def _entry(record: Mapping[str, Any], source: Path, root: Path) -> list[dict[str
                 {
                     "runbook": record.get("runbook", ""),
                     "scenario": s["id"],
+                    "backend": record.get("backend") or "docker",
                     "label": s.get("label") or ("PASS" if s.get("as_expected") else "FAIL"),
                     "verdict": s.get("verdict"),
                     "expected": (s.get("expected") or {}).get("verdict"),
@@ -61,6 +63,7 @@ def _entry(record: Mapping[str, Any], source: Path, root: Path) -> list[dict[str
         {
             "runbook": record.get("runbook", ""),
             "scenario": record.get("scenario", ""),
+            "backend": record.get("backend") or "docker",
             "label": "PASS" if record.get("as_expected") else "FAIL",
             "verdict": record.get("verdict"),
             "expected": expected,
@@ -79,7 +82,9 @@ def _entry(record: Mapping[str, Any], source: Path, root: Path) -> list[dict[str
 def _merge(entries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     merged: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        key = f"{entry['runbook']}:{entry['scenario']}"
+        # The same scenario over SSH is another row than on Docker (the fleet runs phase 6 on both).
+        backend = "" if entry["backend"] == "docker" else f"@{entry['backend']}"
+        key = f"{entry['runbook']}:{entry['scenario']}{backend}"
         if key not in merged:
             merged[key] = dict(entry)
             continue
@@ -134,7 +139,7 @@ def trends(current: Mapping[str, Mapping[str, Any]], previous: Mapping[str, Mapp
         if now is None:
             trend, why = "gone", "not run tonight"
         elif before is None:
-            trend, why = "new", "not in the previous index"
+            trend, why = "new", f"not in the previous index ({now['label']})"
         elif before["as_expected"] and not now["as_expected"]:
             trend, why = "worse", f"{before['label']} → {now['label']}"
         elif now["as_expected"] and not before["as_expected"]:

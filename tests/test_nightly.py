@@ -92,6 +92,8 @@ def night(tmp_path: Path) -> Path:
     # pytest's fleet tests: scenario records two levels down, one scenario run twice.
     _write(root / "fleet" / "lab1" / "remote_validation", _scenario_record("phase6", "remote_validation", True))
     _write(root / "fleet" / "lab2" / "remote_validation", _scenario_record("phase6", "remote_validation", True))
+    over_ssh = {**_scenario_record("phase6", "remote_validation", False), "backend": "ssh"}
+    _write(root / "fleet" / "lab3" / "remote_validation", over_ssh)
     (root / "fleet" / "junk").mkdir(parents=True)
     (root / "fleet" / "junk" / "report.json").write_text("{not json")
     return root
@@ -104,6 +106,7 @@ def test_collect_reads_runs_and_lone_scenarios_once(night: Path):
         "matrix:m_s_x_b",
         "kaspad-mixed-nat:kaspad_mixed_nat",
         "phase6:remote_validation",
+        "phase6:remote_validation@ssh",  # the same scenario over SSH is its own row
     }
     assert scenarios["matrix:m_a_x_b"]["as_expected"]  # the failed attempt record below the run is not counted
     assert (scenarios["phase6:remote_validation"]["successes"], scenarios["phase6:remote_validation"]["trials"]) == (
@@ -119,7 +122,7 @@ def test_index_without_previous_has_matrix_and_failures_first(night: Path):
     index = nightly_index(night)
     assert not index["as_expected"] and index["trends"] == []
     markdown = (night / "nightly.md").read_text()
-    assert "❌ 1 not as expected" in markdown and "No previous index" in markdown
+    assert "❌ 2 not as expected" in markdown and "No previous index" in markdown
     assert "| **symmetric** | ❌ fail (exp. direct) 3/3 |" in markdown
     table = markdown.split("## Scenarios", 1)[1]
     assert table.index("matrix:m_s_x_b") < table.index("matrix:m_a_x_b")  # what failed first
@@ -139,6 +142,7 @@ def test_trends_list_what_got_worse_first(night: Path, tmp_path: Path):
         ("worse", "kaspad-mixed-nat:kaspad_mixed_nat"),  # as expected both nights, but its rate fell (2/2 -> 1/2)
         ("worse", "matrix:m_s_x_b"),
         ("new", "phase6:remote_validation"),
+        ("new", "phase6:remote_validation@ssh"),
         ("gone", "phase5:gone_one"),
         ("same", "matrix:m_a_x_b"),
     ]
