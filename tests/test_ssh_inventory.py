@@ -18,7 +18,7 @@ from harness.backends.ssh import SshBackend, load_inventory
 from harness.backends.ssh.backend import _NodeState
 from harness.backends.ssh.placement import hosts_to_connect, place_nodes
 from harness.backends.ssh.remote import connect_error
-from harness.errors import BadInput, SetupError
+from harness.errors import BadInput
 from harness.models import Node, Topology
 
 INVENTORIES = Path(__file__).resolve().parent.parent / "inventories"
@@ -93,7 +93,7 @@ def test_shipped_example_loads():
 
 def test_local_template_refuses_to_load_unrendered():
     message = error_of(INVENTORIES / "local.yml")
-    assert "ansible_host" in message and "template" in message
+    assert "local.yml:" in message and "is a template" in message
 
 
 @pytest.mark.parametrize(
@@ -168,20 +168,29 @@ def test_local_template_refuses_to_load_unrendered():
         pytest.param(
             GOOD.replace(
                 "      ansible_host: client.example.net\n",
-                "      ansible_host: client.example.net\n      ansible_ssh_common_args: -o ProxyJump=bastion\n",
+                "      ansible_host: client.example.net\n      ansible_ssh_common_args: -o ProxyCommand=nc\n",
             ),
             "all.hosts.client-vps.ansible_ssh_common_args:",
-            ["dcutr_jump"],
-            id="proxyjump-only-for-ansible",
+            ["ProxyCommand is not supported", "ProxyJump"],
+            id="proxycommand",
         ),
         pytest.param(
-            GOOD.replace("  vars:\n", "  children:\n    relays: {}\n  vars:\n"),
-            ":2: all.children:",
-            ["groups are not read"],
-            id="groups",
+            GOOD.replace(
+                "      ansible_host: client.example.net\n",
+                "      ansible_host: client.example.net\n      ansible_ssh_extra_args: -o ForwardAgent=yes\n",
+            ),
+            "all.hosts.client-vps.ansible_ssh_extra_args:",
+            ["'ForwardAgent' is not supported"],
+            id="unsupported-ssh-option",
+        ),
+        pytest.param(
+            GOOD.replace("  vars:\n", "  children:\n    relays: []\n  vars:\n"),
+            ":3: all.children.relays:",
+            ["must be a mapping"],
+            id="group-not-a-mapping",
         ),
         pytest.param("- just\n- a list\n", "inventory.yml", ["mapping"], id="not-a-mapping"),
-        pytest.param("relays:\n  hosts: {}\n", ":1: relays:", ["all.hosts"], id="top-level-group"),
+        pytest.param("relays:\n  hosts: {}\n", "all.hosts:", ["no hosts"], id="top-level-group-without-hosts"),
         pytest.param("all:\n  hosts: {}\n", "all.hosts:", ["no hosts"], id="no-hosts"),
     ],
 )
@@ -329,11 +338,11 @@ def test_unreachable_host_is_one_line_naming_it(tmp_path):
         relay-vm: {{ansible_host: 127.0.0.1, ansible_port: {port}, dcutr_role: relay}}
     """
     backend = SshBackend("r1", write(tmp_path, text), connect_timeout=2, binaries=[])
-    with pytest.raises(SetupError) as caught:
+    with pytest.raises(BadInput) as caught:  # exit 2: nothing started, the inventory is what to look at
         backend.provision(Topology(nodes={"relay": Node(role="relay")}))
     message = str(caught.value)
     assert "\n" not in message
-    assert "host 'relay-vm'" in message and "unreachable" in message and "refused" in message
+    assert "inventory.yml:6: host 'relay-vm'" in message and "unreachable" in message and "refused" in message
     assert "127.0.0.1" not in message and "not really" not in message
     assert backend._remotes == {} and backend._closed
 
@@ -363,7 +372,7 @@ def test_scrub_replaces_inventory_addresses_by_aliases_and_others_by_a_placehold
 @pytest.mark.parametrize(
     ("error", "words"),
     [
-        pytest.param(socket.gaierror(-2, "Name or service not known"), ["cannot resolve its ansible_host"], id="dns"),
+        pytest.param(socket.gaierror(-2, "Name or service not known"), ["ansible_host: cannot resolve it"], id="dns"),
         pytest.param(TimeoutError(), ["unreachable through jump host 'home-pc'", "no answer within 3s"], id="timeout"),
         pytest.param(OSError(errno.EHOSTUNREACH, "No route"), ["no route to it"], id="no-route"),
         pytest.param(
@@ -377,7 +386,8 @@ def test_connect_errors_name_the_host_and_why_never_its_address(tmp_path, error,
     inventory = load_inventory(write(tmp_path, GOOD))
     host = inventory.hosts["home-router"]
     message = connect_error(inventory, host, tmp_path / "known_hosts", error, timeout=3)
-    assert "inventory.yml: host 'home-router' (port 22): " in message and "\n" not in message, message
+    # The line that says where the host is (ansible_host), the host by its alias, and the key to look at.
+    assert "inventory.yml:14: host 'home-router' (port 22): " in message and "\n" not in message, message
     for word in words:
         assert word in message, message
     assert "192.168" not in message and "10.1.2.3" not in message

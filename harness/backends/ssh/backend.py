@@ -14,20 +14,33 @@ the binary upload (`upload`). It decides the order of things: every host is reac
 unreachable one fails the run with nothing started), the relay's address is learnt first (the others' are the
 ones they use toward it), and a provision that fails half-way closes whatever it made.
 
+Faults on a fleet: every request to a host is bounded (SFTP and shell alike). When one fails, the host that broke
+is found (the first of its jump chain whose connection is gone, else the host itself), reconnected once: if that
+fails it is *unreachable*; if its node processes are gone without an exit code it *lost its processes* (it
+rebooted, or something killed them); else the request is retried. A fault is one HostFault line naming the host,
+what happened, when (UTC, and seconds since provisioning began) and what the backend was doing. Every later
+request to an unreachable host, or through it, fails with the same line at once (its logs end where they were
+read); a host that lost its processes but answers again is used again (its logs and its router's table are
+evidence). close() reconnects a host whose connection died, so a rebooted host is cleaned up too; an unreachable
+one is skipped (and logged), the rest of the fleet is cleaned.
+
 Nothing here prints an address, a password or a key: errors name inventory hosts by their alias, because error
 texts reach the report before the sanitiser exists.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import shlex
 import socket
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness import cleanup
 from harness.backends.artefacts import conntrack_text, write_addresses
@@ -35,13 +48,19 @@ from harness.backends.base import ExecResult, NodeAddresses, SanitiseHints
 from harness.backends.ssh import scripts
 from harness.backends.ssh.inventory import HOST_ROLES, Inventory, is_ip, load_inventory
 from harness.backends.ssh.placement import hosts_to_connect, place_nodes
-from harness.backends.ssh.remote import CONNECT_TIMEOUT, RemoteHost
+from harness.backends.ssh.remote import CONNECT_TIMEOUT, ConnectionLost, RemoteHost
 from harness.backends.ssh.upload import LocalBinary, local_binaries, upload_binaries
 from harness.errors import BadInput, LabError, SetupError
 from harness.models import Role, Topology
 from harness.sut import get_sut
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class HostFault(LabError):
+    """A host of the fleet broke the run: unreachable, or its processes gone. One line naming the host, what
+    happened and when; the run's report carries it as its error."""
 
 
 @dataclass
@@ -89,6 +108,10 @@ class SshBackend:
         self._profiles: dict[str, str] = {}  # node -> NAT profile the runbook gave it
         self._relay_ip: str | None = None
         self._hostnames: set[str] = set()
+        self._faults: dict[str, str] = {}  # inventory alias -> the fault line of a host that broke the run
+        self._unreachable: set[str] = set()  # hosts that broke the run unreachable (and what rides on them)
+        self._reported: set[str] = set()  # hosts whose fault was raised
+        self._began: float | None = None  # monotonic time provisioning began
         self._closed = False
         cleanup.register(self)
 
@@ -130,6 +153,8 @@ class SshBackend:
         if again:
             raise LabError(f"node {', '.join(again)} is already provisioned on this fleet")
         plan = place_nodes(self.inventory, topology, taken=[state.host for state in self._nodes.values()])
+        if self._began is None:
+            self._began = time.monotonic()
         binaries = local_binaries(sorted({node.sut for node in topology.nodes.values()}), self._binaries)
         try:
             # Reach every host before touching any: an unreachable one fails the run with nothing started.
@@ -185,7 +210,103 @@ class SshBackend:
         return remote
 
     def _run(self, alias: str, script: str, *, timeout: float = 60.0, sudo: bool = False) -> ExecResult:
-        return self._remote(alias).run(script, timeout=timeout, sudo=sudo)
+        return self._call(alias, "running a command", lambda r: r.run(script, timeout=timeout, sudo=sudo))
+
+    # -- faults ---------------------------------------------------------------------------------------------
+
+    def _call(self, alias: str, what: str, action: Callable[[RemoteHost], T]) -> T:
+        """`action` on a connected host; a connection that died or a request without answer becomes a HostFault
+        (or, when the host is back with its processes, one retry)."""
+        for host in [*self.inventory.jump_chain(alias), alias]:
+            if host in self._unreachable:
+                raise HostFault(self._faults[host])
+        try:
+            return action(self._remote(alias))
+        except Exception as error:
+            if not _connection_error(error):
+                raise
+            self._diagnose(alias, what, error)  # raises, unless the host is back as it was
+        try:
+            return action(self._remote(alias))
+        except Exception as error:
+            if not _connection_error(error):
+                raise
+            message = f"stopped answering while {what}, also after reconnecting ({_reason(error)})"
+            raise self._fault(alias, message) from None
+
+    def _diagnose(self, alias: str, what: str, error: BaseException) -> None:
+        """Which host broke (the first of the chain whose connection died, else `alias`), and how: unreachable
+        when it cannot be reached again, processes lost when it can but its nodes are gone. Returns when the host
+        is back as it was (its connection, and those riding on it, made anew)."""
+        chain = [*self.inventory.jump_chain(alias), alias]
+        culprit = next((h for h in chain if h in self._remotes and not self._remotes[h].alive), alias)
+        for host in chain[chain.index(culprit) :]:
+            # A request that got no answer on a live connection makes that connection suspect too: a fresh one.
+            if self._reconnect(host, force=True) is None:
+                reason = self.inventory.scrub(_reason(error))
+                raise self._fault(host, f"became unreachable while {what} ({reason})", unreachable=True)
+        gone = self._lost_nodes(culprit)
+        if gone:
+            raise self._fault(
+                culprit,
+                f"lost its processes: node {', '.join(gone)} is gone without an exit code "
+                f"(did it reboot?), noticed while {what}",
+            )
+        log.warning("host %r: the connection dropped while %s, reconnected", culprit, what)
+
+    def _reconnect(self, alias: str, *, force: bool = False) -> RemoteHost | None:
+        """A fresh connection to `alias` (through its jump host's current one), keeping what prepare learnt;
+        None when it cannot be had. Without `force` a live connection is kept."""
+        old = self._remotes.get(alias)
+        if old is not None and old.alive and not force:
+            return old
+        jump = self.inventory.hosts[alias].dcutr_jump
+        gateway = self._remotes.get(jump) if jump else None
+        if jump and (gateway is None or not gateway.alive):
+            return None
+        try:
+            fresh = RemoteHost.connect(
+                self.inventory,
+                alias,
+                gateway=gateway,
+                accept_new=self.accept_new_host_keys,
+                timeout=self.connect_timeout,
+            )
+        except LabError:
+            return None
+        if old is not None:
+            old.close()
+            for name in ("home", "run_dir", "hostname", "machine", "prepared"):
+                setattr(fresh, name, getattr(old, name))
+        self._remotes[alias] = fresh
+        return fresh
+
+    def _lost_nodes(self, alias: str) -> list[str]:
+        """Nodes on `alias` that were started and are neither running nor exited."""
+        remote = self._remotes[alias]
+        started = [s.name for s in self._nodes.values() if s.host == alias and s.started]
+        if not started or not remote.run_dir:
+            return []
+        try:
+            result = remote.run(scripts.liveness_script(remote.run_dir, started), timeout=30)
+        except ConnectionLost:
+            return started
+        states = dict(line.split(" ", 1) for line in result.output.splitlines() if " " in line)
+        return [name for name in started if states.get(name) == "gone"]
+
+    def _fault(self, alias: str, what: str, *, unreachable: bool = False) -> HostFault:
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        since = f", {time.monotonic() - self._began:.1f}s after provisioning began" if self._began else ""
+        message = f"{self.inventory.where(alias)}: {what}; at {now}{since}"
+        self._faults[alias] = message
+        if unreachable:  # what rides on it is unreachable with it; a host back after a reboot is usable again
+            riders = [name for name in self.inventory.hosts if alias in self.inventory.jump_chain(name)]
+            for name in [alias, *riders]:
+                self._faults.setdefault(name, message)
+                self._unreachable.add(name)
+        log.error("%s", message)
+        self._reported.add(alias)
+        return HostFault(message)
 
     # -- addresses -----------------------------------------------------------------------------------------
 
@@ -265,8 +386,11 @@ class SshBackend:
 
     def _read(self, state: _NodeState, suffix: str, offset: int = 0) -> bytes | None:
         """The node's `<node><suffix>` file in the run directory, None while it does not exist."""
-        remote = self._remote(state.host)
-        return remote.read(f"{remote.run_dir}/{state.name}{suffix}", offset)
+        return self._call(
+            state.host,
+            f"reading node {state.name}'s {suffix.lstrip('.')} file",
+            lambda remote: remote.read(f"{remote.run_dir}/{state.name}{suffix}", offset),
+        )
 
     def start(self, node: str, command: Sequence[str], env: Mapping[str, str]) -> None:
         state = self._node(node)
@@ -274,16 +398,22 @@ class SshBackend:
             raise BadInput(f"node {node}: empty command")
         if state.started and self.exit_code(node) is None:
             self.stop(node)
-        remote = self._remote(state.host)
-        remote.put(f"{remote.run_dir}/{node}.env", scripts.env_file(env).encode(), mode=0o600)
-        remote.must(scripts.start_script(remote.run_dir, node, command), f"starting node {node}", timeout=30)
+
+        def start(remote: RemoteHost) -> None:
+            remote.put(f"{remote.run_dir}/{node}.env", scripts.env_file(env).encode(), mode=0o600)
+            remote.must(scripts.start_script(remote.run_dir, node, command), f"starting node {node}", timeout=30)
+
+        self._call(state.host, f"starting node {node}", start)
         state.started = True
 
     def stop(self, node: str, timeout: float = 5.0) -> None:
         state = self._node(node)
         if state.started:
-            remote = self._remote(state.host)
-            remote.run(scripts.stop_script(remote.run_dir, node, timeout), timeout=timeout + 15)
+            self._call(
+                state.host,
+                f"stopping node {node}",
+                lambda remote: remote.run(scripts.stop_script(remote.run_dir, node, timeout), timeout=timeout + 15),
+            )
 
     def exit_code(self, node: str) -> int | None:
         state = self._node(node)
@@ -297,6 +427,8 @@ class SshBackend:
 
     def log_lines(self, node: str, start: int = 0) -> list[str]:
         state = self._node(node)
+        if state.host in self._unreachable and state.host in self._reported:
+            return state.lines[start:]  # the fault was raised once; what was read before it is all there is
         if state.started:
             data = self._read(state, ".log", state.offset)
             if data:
@@ -325,13 +457,14 @@ class SshBackend:
 
     def _collect_router(self, router: str, dest: Path) -> list[Path]:
         """`<router>.conntrack` (events, then the table) and, where nft answers, `<router>.nft`."""
-        remote = self._remote(self._routers[router])
-        events = remote.run(scripts.conntrack_events_script(remote.run_dir, router), sudo=True, timeout=30)
-        table = remote.run(scripts.CONNTRACK_TABLE, sudo=True, timeout=30)
+        alias = self._routers[router]
+        remote = self._remote(alias)
+        events = self._run(alias, scripts.conntrack_events_script(remote.run_dir, router), sudo=True, timeout=30)
+        table = self._run(alias, scripts.CONNTRACK_TABLE, sudo=True, timeout=30)
         path = dest / f"{router}.conntrack"
         path.write_text(conntrack_text(events.output if events.exit_code == 0 else "", table.output))
         written = [path]
-        ruleset = remote.run(scripts.NFT_RULESET, sudo=True, timeout=30)
+        ruleset = self._run(alias, scripts.NFT_RULESET, sudo=True, timeout=30)
         if ruleset.exit_code == 0:
             (dest / f"{router}.nft").write_text(ruleset.output)
             written.append(dest / f"{router}.nft")
@@ -349,11 +482,15 @@ class SshBackend:
                 data = self._read(state, ".log") if state.started else b""
                 path.write_bytes(data or b"")
                 written.append(path)
+            except HostFault:
+                problems.append(f"{name}.log (skipped: host {state.host!r} is past a fault)")
             except Exception as error:
                 problems.append(f"{name}.log: {type(error).__name__}")
         for router in self._routers:
             try:
                 written.extend(self._collect_router(router, dest))
+            except HostFault:
+                problems.append(f"{router}.conntrack (skipped: host {self._routers[router]!r} is past a fault)")
             except Exception as error:
                 problems.append(f"{router}.conntrack: {type(error).__name__}")
         write_addresses(dest, self._addresses)
@@ -366,10 +503,17 @@ class SshBackend:
         if self._closed:
             return
         self._closed = True
+        # A connection that died (a host that rebooted) is made again, jump hosts first, so it is cleaned up too;
+        # a host that stays unreachable is skipped, and so is what rides on it.
+        for alias in list(self._remotes):
+            if alias in self._unreachable:
+                log.warning("cleanup: host %r is unreachable, its run directory stays", alias)
+            elif not self._remotes[alias].alive and self._reconnect(alias) is None:
+                log.warning("cleanup: host %r cannot be reached again, its run directory stays", alias)
         # Hosts behind a jump host first: their connections ride on the jump host's.
         remotes = list(reversed(self._remotes.values()))
         for remote in remotes:
-            if not remote.run_dir:
+            if not remote.run_dir or not remote.alive or remote.alias in self._unreachable:
                 continue
             try:
                 result = remote.run(scripts.cleanup_script(remote.run_dir), sudo=remote.is_router, timeout=30)
@@ -387,3 +531,26 @@ class SshBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_CONNECTION_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH}
+
+
+def _connection_error(error: BaseException) -> bool:
+    """Whether `error` says the connection failed (not the request: a missing file, a refused permission)."""
+    import paramiko
+
+    if isinstance(error, ConnectionLost | EOFError | TimeoutError | socket.timeout | paramiko.SSHException):
+        return True
+    if isinstance(error, OSError):
+        return (error.errno is None and "socket" in str(error).lower()) or error.errno in _CONNECTION_ERRNOS
+    return False
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TimeoutError | socket.timeout):
+        return "no answer"
+    if isinstance(error, ConnectionLost):
+        return "connection lost"
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

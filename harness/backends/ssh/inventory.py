@@ -1,18 +1,27 @@
 """The inventory: which machines a fleet has, how to reach each, and what each is for.
 
-The format (see inventories/README.md) is Ansible's YAML: one group, `all`, with `hosts` and optional shared
-`vars` (a host's own values win). Ansible's keys say how to connect (`ansible_host`, `ansible_port`,
-`ansible_user`, `ansible_ssh_private_key_file`, `ansible_password`, `ansible_become`); ours, all prefixed
-`dcutr_`, say what a host is for: `dcutr_role` (relay | server | client | router | jump), `dcutr_nat_profile`
-(the NAT in front of it, checked against the runbook), `dcutr_public_ip`, `dcutr_jump` (reach it through
-another inventory host), `dcutr_router_of` (a router's LAN host: its conntrack table is the ground truth) and
-`dcutr_known_hosts`. Unknown `dcutr_` keys are errors; other `ansible_*` keys are Ansible's business and
-ignored, except the few that would change how we connect (refused, so nothing is silently not done).
+An Ansible inventory, read the way Ansible reads it (see inventories/README.md): YAML, INI or the JSON of
+`ansible-inventory --list` (`sources`), groups through `children` with group `vars`, and Ansible's variable
+precedence (host vars over child group over parent group over `all`; groups of one depth by
+`ansible_group_priority`, then name). A host's role is the group it is in (`relay`, `server`, `client`,
+`router`, `jump`, also through parent groups); `dcutr_role` overrides it. A host in none of them and without
+`dcutr_role` is not part of the lab (listed by `dcutr-lab inventory check`, never used).
 
-Contract: `load_inventory` returns a checked `Inventory` or raises one BadInput line naming the file, the
-line, the host and the key; references between hosts (routers, jump chains) are checked whole. Loading never
-touches the network or the key files: an inventory is valid before its keys exist (fleet.example.yml).
-Messages name hosts by their alias, never their address: they reach the report before the sanitiser exists.
+Ansible's keys say how to connect (`ansible_host`, `ansible_port`, `ansible_user`, `ansible_ssh_private_key_file`,
+`ansible_password`, `ansible_become`, and the ssh options of `ansible_ssh_common_args` / `_extra_args` / `_args`,
+read by `sshargs`: a ProxyJump there is a jump chain, as `dcutr_jump`); ours, all `dcutr_`, say what a host is for:
+`dcutr_role`, `dcutr_nat_profile` (checked against the runbook), `dcutr_public_ip`, `dcutr_jump` (another
+inventory host to connect through), `dcutr_router_of` (a router's LAN host: its conntrack table is the ground
+truth) and `dcutr_known_hosts`. Unknown `dcutr_` keys are errors; other `ansible_*` keys are Ansible's business
+and ignored, except those that would change how we connect (refused, so nothing is silently not done).
+
+Contract: `load_inventory` returns a checked `Inventory` (with where each value came from: `Inventory.origins`) or
+raises one BadInput line naming the file, the line, the host and the key; references between hosts (routers,
+jump chains) are checked whole. Loading never touches the network or the key files: an inventory is valid before
+its keys exist (fleet.example.yml). Messages name hosts by their alias, never their address: they reach the
+report before the sanitiser exists. A jump host that only ssh options name (not an inventory host) becomes a host
+of role `jump` named `<host>-jump` (`-jump1`, `-jump2` along a chain), reached with the key and known_hosts of the
+host behind it.
 """
 
 from __future__ import annotations
@@ -21,15 +30,17 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from harness.backends.ssh.sources import RawInventory, Value, Where, read_source
+from harness.backends.ssh.sshargs import Hop, SshArgsError, SshOptions, parse_ssh_args
 from harness.errors import BadInput
 from harness.models import nat_profile_names
-from harness.yamlsource import YamlSource, display_path, load_yaml
+from harness.yamlsource import display_path
 
 HOST_ROLES = ("relay", "server", "client", "router", "jump")
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -39,16 +50,32 @@ _IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
 _UNSUPPORTED_ANSIBLE = {
     "ansible_become_password": "only passwordless sudo (sudo -n) is used",
     "ansible_become_pass": "only passwordless sudo (sudo -n) is used",
+    "ansible_ssh_executable": "dcutr-lab connects with paramiko, not an ssh program",
+    "ansible_ssh_host_key_checking": "host keys are always strict (--accept-new-host-keys for one run)",
+    "ansible_host_key_checking": "host keys are always strict (--accept-new-host-keys for one run)",
+    "ansible_paramiko_proxy_command": "ProxyCommand is not supported: use ProxyJump (-J) or dcutr_jump",
 }
-# ssh options are Ansible's (provision.yml); dcutr-lab reads none. A jump host in them must be said in ours too.
-_SSH_ARGS = ("ansible_ssh_common_args", "ansible_ssh_extra_args", "ansible_ssh_args")
-_PROXY_OPTION = re.compile(r"(?i)proxy(jump|command)|(?<![\w-])-J\b")
+# Read in this order (OpenSSH keeps an option's first value): Ansible puts ssh_args first, then common, then extra.
+SSH_ARGS = ("ansible_ssh_args", "ansible_ssh_common_args", "ansible_ssh_extra_args")
 
-Loc = tuple[str | int, ...]
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a host's value came from: `host`, `group <name>`, `all`, `default`, or how it was derived."""
+
+    source: str
+    where: Where | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "from": self.source,
+            "file": self.where.file if self.where else None,
+            "line": self.where.line if self.where else None,
+        }
 
 
 class InventoryHost(BaseModel):
-    """One host of the inventory, after `all.vars` were merged under its own values."""
+    """One host of the inventory, with its variables resolved by Ansible's precedence."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,6 +93,12 @@ class InventoryHost(BaseModel):
     dcutr_jump: str | None = None
     dcutr_router_of: str | None = None
     dcutr_known_hosts: str | None = None
+    # Derived, never read from the file: the ssh options understood, the groups, a jump host made from options.
+    groups: tuple[str, ...] = ()
+    connect_timeout: float | None = None
+    keepalive: int | None = None
+    ssh_no_effect: tuple[str, ...] = ()
+    derived_from: str | None = None  # a jump host only ssh options name: "the ssh options of group nat"
 
     @field_validator("ansible_host")
     @classmethod
@@ -101,10 +134,16 @@ class InventoryHost(BaseModel):
         return self.dcutr_role not in ("router", "jump")
 
 
+_SETTABLE = {name for name in InventoryHost.model_fields if name.startswith(("ansible_", "dcutr_"))}
+
+
 @dataclass(frozen=True)
 class Inventory:
     path: Path
     hosts: Mapping[str, InventoryHost]
+    origins: Mapping[str, Mapping[str, Origin]] = field(default_factory=dict)
+    ignored: Mapping[str, Where] = field(default_factory=dict)  # hosts of the file that are not part of the lab
+    format: str = "yaml"
 
     @property
     def display(self) -> str:
@@ -118,6 +157,26 @@ class Inventory:
 
     def router_of(self, host_name: str) -> InventoryHost | None:
         return next((h for h in self.hosts.values() if h.dcutr_router_of == host_name), None)
+
+    def origin(self, host: str, key: str) -> Origin:
+        return self.origins.get(host, {}).get(key, Origin("default"))
+
+    def where(self, host: str, key: str = "ansible_host") -> str:
+        """`file:line: host 'x'`: the start of a message about a host, at the line its `key` was written."""
+        origin = self.origin(host, key)
+        if origin.where is None:
+            origin = self.origin(host, "ansible_host")
+        line = f":{origin.where.line}" if origin.where and origin.where.line else ""
+        return f"{self.display}{line}: host {host!r}"
+
+    def jump_chain(self, host: str) -> list[str]:
+        """The jump hosts a connection to `host` goes through, first hop first."""
+        chain: list[str] = []
+        current = self.hosts[host].dcutr_jump
+        while current is not None and current not in chain:
+            chain.insert(0, current)
+            current = self.hosts[current].dcutr_jump
+        return chain
 
     def scrub(self, text: str) -> str:
         """Inventory addresses out of a message meant for a human (it reaches the report unsanitised)."""
@@ -149,89 +208,201 @@ def _resolve(inventory: Path, value: str | None) -> Path | None:
     return path if path.is_absolute() else (inventory.resolve().parent / path)
 
 
+# -- loading ---------------------------------------------------------------------------------------------------
+
+
 def load_inventory(path: Path) -> Inventory:
-    """Parse and check an inventory; any problem is one BadInput line naming the file, line, host and field."""
+    """Parse and check an inventory; any problem is one BadInput line naming the file, line, host and key."""
     path = Path(path)
-    source = load_yaml(path)
-    data = source.data
-    if not isinstance(data, dict):
-        raise source.error((), "an inventory is a mapping with one key, 'all' (Ansible YAML format)")
-    for key in data:
-        if key != "all":
-            raise source.error((key,), f"unknown key {key!r}: list every host under all.hosts (groups are not read)")
-    group = data.get("all")
-    if not isinstance(group, dict):
-        raise source.error(("all",), "must be a mapping with 'hosts' (and optional 'vars')")
-    for key in group:
-        if key == "children":
-            raise source.error(("all", key), "groups are not read: list every host under all.hosts with dcutr_role")
-        if key not in ("hosts", "vars"):
-            raise source.error(("all", key), f"unknown key {key!r} (known: hosts, vars)")
-    shared = group.get("vars") or {}
-    if not isinstance(shared, dict):
-        raise source.error(("all", "vars"), "must be a mapping of variables")
-    raw_hosts = group.get("hosts")
-    if not isinstance(raw_hosts, dict) or not raw_hosts:
-        raise source.error(("all", "hosts"), "no hosts: add at least a relay, a server and a client")
+    from harness.backends.ssh.ansible_parser import read_with_ansible, vars_directories, wants_ansible
+
+    if wants_ansible(path):
+        return resolve(read_with_ansible(path))
+    beside = vars_directories(path)
+    if beside:
+        raise BadInput(
+            f"{shown(path)}: {' and '.join(f'{d}/' for d in beside)} beside it: only Ansible reads those "
+            "(pip install ansible-core), or move the variables into the inventory"
+        )
+    raw = read_source(path)
+    return resolve(raw)
+
+
+@dataclass
+class _Group:
+    name: str
+    depth: int
+    priority: int
+
+
+def _group_order(raw: RawInventory) -> dict[str, _Group]:
+    """Each group's depth (longest path from `all`, as Ansible counts it) and priority; loops refused."""
+    depth: dict[str, int] = {}
+
+    def visit(name: str, level: int, path: tuple[str, ...]) -> None:
+        if name in path:
+            group = raw.groups[path[-1]]
+            raise group.where.error(f"groups form a loop: {' -> '.join([*path[path.index(name) :], name])}")
+        if depth.get(name, -1) >= level and name != "all":
+            return
+        depth[name] = max(depth.get(name, 0), level)
+        for child in raw.groups[name].children:
+            visit(child, level + 1, (*path, name))
+
+    visit("all", 0, ())
+    for name in raw.groups:
+        if name not in depth:  # not reachable from all (JSON without all.children): a child of all
+            visit(name, 1, ("all",))
+    order = {}
+    for name, group in raw.groups.items():
+        priority = group.vars.get("ansible_group_priority")
+        try:
+            value = int(priority.value) if priority is not None else 1
+        except (TypeError, ValueError):
+            raise priority.where.error("ansible_group_priority must be a number") from None
+        order[name] = _Group(name, depth[name], value)
+    return order
+
+
+def _host_groups(raw: RawInventory, host: str) -> list[str]:
+    """Every group a host is in, its own and their parents (Ansible's `group_names` plus `all`)."""
+    parents: dict[str, set[str]] = {}
+    for group in raw.groups.values():
+        for child in group.children:
+            parents.setdefault(child, set()).add(group.name)
+    found: set[str] = set()
+    todo = [g.name for g in raw.groups.values() if host in g.hosts]
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo.extend(parents.get(name, ()))
+    found.add("all")
+    if found == {"all"} and "ungrouped" in raw.groups:
+        found.add("ungrouped")
+    return sorted(found)
+
+
+def _merged(raw: RawInventory, host: str, order: Mapping[str, _Group]) -> dict[str, tuple[Value, Origin]]:
+    """A host's variables by Ansible's precedence, each with where it came from."""
+    merged: dict[str, tuple[Value, Origin]] = {}
+    groups = sorted(_host_groups(raw, host), key=lambda g: (order[g].depth, order[g].priority, g))
+    for name in groups:
+        label = "all" if name == "all" else f"group {name}"
+        for key, value in raw.groups[name].vars.items():
+            merged[key] = (value, Origin(label, value.where))
+    label = "host" if raw.format != "json" else "host (ansible-inventory --list)"
+    for key, value in raw.hosts[host].vars.items():
+        merged[key] = (value, Origin(label, value.where))
+    return merged
+
+
+def resolve(raw: RawInventory) -> Inventory:
+    if not raw.hosts:
+        all_group = raw.groups["all"]
+        raise Where(all_group.where.file, all_group.where.line, "all.hosts").error(
+            "no hosts: add at least a relay, a server and a client"
+        )
+    order = _group_order(raw)
     hosts: dict[str, InventoryHost] = {}
-    origins: dict[str, dict[str, Loc]] = {}
-    for name, values in raw_hosts.items():
-        hosts[str(name)], origins[str(name)] = _load_host(source, str(name), values, shared)
-    inventory = Inventory(path=path, hosts=hosts)
-    _check_references(inventory, source, origins)
+    origins: dict[str, dict[str, Origin]] = {}
+    jumps: dict[str, tuple[list[Hop], Origin]] = {}
+    ignored: dict[str, Where] = {}
+    for name, entry in raw.hosts.items():
+        if not _ALIAS.match(name):
+            raise entry.where.error(f"host name {name!r}: use letters, digits, '.', '_' and '-'")
+        groups = _host_groups(raw, name)
+        merged = _merged(raw, name, order)
+        role_groups = [g for g in groups if g in HOST_ROLES]
+        for key, (_value, origin) in merged.items():
+            if key.startswith("dcutr_") and key not in _SETTABLE:
+                known = ", ".join(sorted(f for f in _SETTABLE if f.startswith("dcutr_")))
+                raise _fail(name, origin, key, f"unknown key {key!r} (known: {known})")
+        if "dcutr_role" not in merged:
+            if len(role_groups) > 1:
+                raise entry.where.error(
+                    f"host {name!r} is in groups {' and '.join(role_groups)}: say which it is with dcutr_role"
+                )
+            if not role_groups:
+                ignored[name] = entry.where
+                continue
+            group = raw.groups[role_groups[0]]
+            merged["dcutr_role"] = (Value(role_groups[0], group.where), Origin(f"group {group.name}", group.where))
+        host, origin, chain = _load_host(name, merged, groups, entry.where)
+        hosts[name], origins[name] = host, origin
+        if chain is not None:
+            jumps[name] = chain
+    if not hosts:
+        first = next(iter(raw.hosts.values()))
+        raise first.where.error(
+            "no host has a role: put hosts in groups relay, server, client (router, jump) or give dcutr_role"
+        )
+    _resolve_jumps(hosts, origins, jumps)
+    inventory = Inventory(path=raw.path, hosts=hosts, origins=origins, ignored=ignored, format=raw.format)
+    _check_references(inventory)
     return inventory
 
 
-def _host_error(source: YamlSource, name: str, origin: Mapping[str, Loc], key: str | None, message: str) -> BadInput:
-    """An error at the line a host's key came from; a key from all.vars says which host it was wrong for."""
-    host_loc: Loc = ("all", "hosts", name)
-    loc = origin.get(key, host_loc) if key else host_loc
-    prefix = f"host {name!r}: " if loc[:2] == ("all", "vars") else ""
-    return source.error(loc, prefix + message)
+def _fail(host: str, origin: Origin, key: str | None, message: str) -> BadInput:
+    """An error at the line a host's key came from; a key from a group says which host it was wrong for."""
+    if origin.where is None:
+        return BadInput(f"host {host!r}: {message}")
+    prefix = "" if origin.source.startswith("host") else f"host {host!r}: "
+    return origin.where.error(prefix + message)
 
 
 def _load_host(
-    source: YamlSource, name: str, values: Any, shared: Mapping[str, Any]
-) -> tuple[InventoryHost, dict[str, Loc]]:
-    """The host's model, and where each of its keys came from (its own entry or all.vars)."""
-    host_loc: Loc = ("all", "hosts", name)
-    if not _ALIAS.match(name):
-        raise source.error(host_loc, f"host name {name!r}: use letters, digits, '.', '_' and '-'")
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise source.error(host_loc, f"host {name!r} must be a mapping of variables")
-    merged = {**shared, **values}
-    origin = {key: ("all", "vars", key) for key in shared} | {key: (*host_loc, key) for key in values}
+    name: str, merged: Mapping[str, tuple[Value, Origin]], groups: list[str], declared: Where
+) -> tuple[InventoryHost, dict[str, Origin], tuple[list[Hop], Origin] | None]:
+    """The host's model, where each value came from, and the jump chain its ssh options name (if any)."""
+    origins = {key: origin for key, (_value, origin) in merged.items()}
+    here = Origin("host", declared)
 
     def fail(key: str | None, message: str) -> BadInput:
-        return _host_error(source, name, origin, key, message)
+        return _fail(name, origins.get(key, here) if key else here, key, message)
 
-    fields = set(InventoryHost.model_fields) - {"name"}
-    chosen: dict[str, Any] = {"name": name}
-    for key, value in merged.items():
-        key = str(key)
+    chosen: dict[str, Any] = {"name": name, "groups": tuple(g for g in groups if g not in ("all", "ungrouped"))}
+    options = SshOptions()
+    options_origin: Origin | None = None
+    values = {key: value.value for key, (value, _origin) in merged.items()}
+    for key, value in values.items():
+        if (key in _SETTABLE or key in SSH_ARGS) and isinstance(value, str) and ("{{" in value or "{%" in value):
+            raise fail(key, "is a template: render the inventory first (Ansible variables are not expanded here)")
         if key in _UNSUPPORTED_ANSIBLE:
             raise fail(key, f"{key} is not read by dcutr-lab: {_UNSUPPORTED_ANSIBLE[key]}")
-        if key == "ansible_ssh_pass":
-            if "ansible_password" in merged:
-                raise fail(key, "give ansible_password or ansible_ssh_pass, not both")
-            key = "ansible_password"
         if key == "ansible_become_method" and value != "sudo":
             raise fail(key, "only 'sudo' (passwordless, sudo -n) is supported")
         if key == "ansible_become_user" and value != "root":
             raise fail(key, "only 'root' is supported")
-        if key in _SSH_ARGS and _PROXY_OPTION.search(str(value)) and not merged.get("dcutr_jump"):
-            raise fail(key, "dcutr-lab does not read ssh options: say the jump host in dcutr_jump too")
-        if key.startswith("dcutr_") and key not in fields:
-            known = ", ".join(sorted(f for f in fields if f.startswith("dcutr_")))
-            raise fail(key, f"unknown key {key!r} (known: {known})")
-        if key in fields:
+        if key in _SETTABLE:
             chosen[key] = str(value) if key == "ansible_password" and value is not None else value
-    if "ansible_ssh_pass" in merged:
-        origin["ansible_password"] = origin["ansible_ssh_pass"]
+    if "ansible_ssh_pass" in values:
+        if "ansible_password" in values:
+            raise fail("ansible_ssh_pass", "give ansible_password or ansible_ssh_pass, not both")
+        chosen["ansible_password"] = str(values["ansible_ssh_pass"])
+        origins["ansible_password"] = origins["ansible_ssh_pass"]
+    for key in SSH_ARGS:
+        if key not in values or values[key] in (None, ""):
+            continue
+        try:
+            parsed = parse_ssh_args(str(values[key]))
+        except SshArgsError as error:
+            raise fail(key, str(error)) from None
+        if parsed.jump is not None and options.jump is None:
+            options_origin = Origin(f"{key} ({origins[key].source})", origins[key].where)
+        options = options.merge(parsed)
+    if options.known_hosts is not None:
+        if "dcutr_known_hosts" in values and str(values["dcutr_known_hosts"]) != options.known_hosts:
+            raise fail("dcutr_known_hosts", "differs from UserKnownHostsFile in the ssh options: give one")
+        if "dcutr_known_hosts" not in values:
+            chosen["dcutr_known_hosts"] = options.known_hosts
+            source = next(k for k in SSH_ARGS if k in values and "UserKnownHostsFile" in str(values[k]))
+            origins["dcutr_known_hosts"] = Origin(f"{source} ({origins[source].source})", origins[source].where)
+    chosen["connect_timeout"] = options.connect_timeout
+    chosen["keepalive"] = options.keepalive
+    chosen["ssh_no_effect"] = tuple(options.no_effect)
     try:
-        return InventoryHost.model_validate(chosen), origin
+        host = InventoryHost.model_validate(chosen)
     except ValidationError as error:
         first = error.errors()[0]
         key = str(first["loc"][0]) if first["loc"] else None
@@ -241,15 +412,105 @@ def _load_host(
         if first["type"] == "literal_error":
             message = f"{message} (got {first.get('input')!r})"
         raise fail(key, message) from None
+    chain = (options.jump, options_origin) if options.jump is not None and options_origin is not None else None
+    return host, origins, chain
 
 
-def _check_references(inventory: Inventory, source: YamlSource, origins: Mapping[str, Mapping[str, Loc]]) -> None:
+def _resolve_jumps(
+    hosts: dict[str, InventoryHost],
+    origins: dict[str, dict[str, Origin]],
+    jumps: Mapping[str, tuple[list[Hop], Origin]],
+) -> None:
+    """ProxyJump chains of ssh options as `dcutr_jump` links: a hop that is an inventory host (by alias, or by
+    address, port and user) is that host; any other becomes a derived jump host. Conflicts are refused."""
+    derived: dict[tuple, str] = {}
+
+    def match(hop: Hop) -> str | None:
+        if hop.host in hosts and hop.port is None and hop.user is None:
+            return hop.host
+        for candidate in hosts.values():
+            if candidate.derived_from is not None:
+                continue
+            same_address = candidate.ansible_host == hop.host and candidate.ansible_port == (hop.port or 22)
+            if same_address and hop.user in (None, candidate.ansible_user):
+                return candidate.name
+        return None
+
+    # Shorter chains first: a chain through an inventory host checks that host's own chain, already resolved.
+    for name, (chain, origin) in sorted(jumps.items(), key=lambda item: len(item[1][0])):
+        host = hosts[name]
+
+        def fail(message: str, name: str = name, origin: Origin = origin) -> BadInput:
+            return _fail(name, origin, None, message)
+
+        if not chain:  # ProxyJump=none
+            if host.dcutr_jump is not None:
+                raise fail(f"ProxyJump=none, but dcutr_jump is {host.dcutr_jump!r}: give one")
+            continue
+        previous: str | None = None
+        for index, hop in enumerate(chain, start=1):
+            found = match(hop)
+            if found is None:
+                key = (hop.user, hop.host, hop.port or 22, previous)
+                if key not in derived:
+                    # Named after what set the option: `nat-jump` for a group's ssh args, `<host>-jump` for a host's.
+                    said_by = origin.source.partition("(")[2].rstrip(")").removeprefix("group ").split(" ")[0]
+                    owner = name if said_by in ("host", "") else said_by
+                    said = f"host {name}" if owner == name else ("all" if owner == "all" else f"group {owner}")
+                    base = f"{owner}-jump" if len(chain) == 1 else f"{owner}-jump{index}"
+                    alias, n = base, 1
+                    while alias in hosts:
+                        n += 1
+                        alias = f"{base}-{n}"
+                    hosts[alias] = InventoryHost(
+                        name=alias,
+                        ansible_host=hop.host,
+                        ansible_port=hop.port or 22,
+                        ansible_user=hop.user,
+                        ansible_ssh_private_key_file=host.ansible_ssh_private_key_file,
+                        dcutr_known_hosts=host.dcutr_known_hosts,
+                        dcutr_role="jump",
+                        dcutr_jump=previous,
+                        connect_timeout=host.connect_timeout,
+                        derived_from=f"the ssh options of {said}",
+                    )
+                    inherited = Origin(f"inherited from {name}", None)
+                    origins[alias] = {
+                        "ansible_host": origin,
+                        "ansible_port": origin if hop.port else Origin("default"),
+                        "ansible_user": origin if hop.user else Origin("default (your local user)"),
+                        "dcutr_role": origin,
+                        "ansible_ssh_private_key_file": inherited,
+                        "dcutr_known_hosts": inherited,
+                        "dcutr_jump": origin,
+                    }
+                    derived[key] = alias
+                found = derived[key]
+            elif found == name:
+                raise fail(f"the ProxyJump chain names {name!r} itself")
+            else:
+                own = hosts[found].dcutr_jump
+                if own != previous and not (index == 1 and own is None):
+                    raise fail(
+                        f"the ProxyJump chain reaches {found!r} through {previous or 'nothing'!r}, "
+                        f"but {found!r} is reached through {own or 'nothing'!r}"
+                    )
+            previous = found
+        if host.dcutr_jump is not None and host.dcutr_jump != previous:
+            raise fail(f"ProxyJump ends at {previous!r}, but dcutr_jump is {host.dcutr_jump!r}: they must agree")
+        if host.dcutr_jump is None:
+            hosts[name] = host.model_copy(update={"dcutr_jump": previous})
+            origins[name]["dcutr_jump"] = origin
+
+
+def _check_references(inventory: Inventory) -> None:
     """What no single host can be checked for: NAT profiles by role, router targets, jump chains without loops."""
     hosts = inventory.hosts
     profiles = nat_profile_names()
 
     def fail(host: InventoryHost, key: str, message: str) -> BadInput:
-        return _host_error(source, host.name, origins[host.name], key, message)
+        origin = inventory.origins.get(host.name, {}).get(key) or inventory.origin(host.name, "ansible_host")
+        return _fail(host.name, origin, key, message)
 
     routed: dict[str, str] = {}
     for host in hosts.values():

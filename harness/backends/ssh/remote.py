@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_SECONDS = 15  # NAT routers drop idle flows; a matrix run is long
+SFTP_TIMEOUT = 15.0  # one SFTP request: a host that stops answering mid-run must not hold the run
+
+
+class ConnectionLost(LabError):
+    """The connection to a host is gone, or a request on it got no answer (harness.backends.ssh.backend turns it
+    into one line naming the host, what happened and when)."""
 
 
 class _AcceptNew:
@@ -83,8 +89,8 @@ class RemoteHost:
 
     @property
     def where(self) -> str:
-        """The start of a message about this host: the inventory file and the host's alias."""
-        return f"{self.inventory.display}: host {self.alias!r}"
+        """The start of a message about this host: the inventory file and line, and the host's alias."""
+        return self.inventory.where(self.alias)
 
     # -- connecting ----------------------------------------------------------------------------------------
 
@@ -102,13 +108,15 @@ class RemoteHost:
         from fabric import Config, Connection
 
         host = inventory.hosts[alias]
-        where = f"{inventory.display}: host {alias!r}"
+        timeout = host.connect_timeout or timeout
         key = inventory.key_file(host)
         known_hosts = inventory.known_hosts(host)
         # Checked here, not when loading: an inventory is valid before its keys are made (fleet.example.yml).
         if key is not None and not key.is_file():
+            where = inventory.where(alias, "ansible_ssh_private_key_file")
             raise BadInput(f"{where}: ansible_ssh_private_key_file {shown(key)}: no such file")
         if host.dcutr_known_hosts is not None and not known_hosts.is_file():
+            where = inventory.where(alias, "dcutr_known_hosts")
             raise BadInput(f"{where}: dcutr_known_hosts {shown(known_hosts)}: no such file")
         connect_kwargs: dict[str, Any] = {
             "banner_timeout": timeout,
@@ -144,9 +152,10 @@ class RemoteHost:
         except Exception as error:
             with contextlib.suppress(Exception):
                 connection.close()
-            raise SetupError(connect_error(inventory, host, known_hosts, error, timeout)) from None
+            # Before the run: the inventory (or known_hosts, or the key) is what must change, so exit 2.
+            raise BadInput(connect_error(inventory, host, known_hosts, error, timeout)) from None
         if connection.transport is not None:
-            connection.transport.set_keepalive(KEEPALIVE_SECONDS)
+            connection.transport.set_keepalive(host.keepalive or KEEPALIVE_SECONDS)
         return cls(inventory, host, connection, connect_timeout=timeout)
 
     def close(self) -> None:
@@ -162,11 +171,11 @@ class RemoteHost:
             command = f"sudo -n {command}"
         transport = self.connection.transport
         if transport is None or not transport.is_active():
-            raise LabError(f"{self.inventory.display}: the SSH connection to host {self.alias!r} is gone")
+            raise ConnectionLost(f"{self.inventory.display}: the SSH connection to host {self.alias!r} is gone")
         try:
             channel = transport.open_session(timeout=self.connect_timeout)
         except Exception as error:
-            raise LabError(f"{self.where}: cannot open a session: {type(error).__name__}") from None
+            raise ConnectionLost(f"{self.where}: cannot open a session: {type(error).__name__}") from None
         deadline = time.monotonic() + timeout
         chunks: list[bytes] = []
         try:
@@ -202,8 +211,17 @@ class RemoteHost:
 
     # -- files -----------------------------------------------------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        transport = self.connection.transport
+        return transport is not None and transport.is_active()
+
     def sftp(self) -> Any:
-        return self.connection.sftp()  # fabric opens one per connection and keeps it
+        client = self.connection.sftp()  # fabric opens one per connection and keeps it
+        channel = client.get_channel()
+        if channel is not None and channel.gettimeout() is None:
+            channel.settimeout(SFTP_TIMEOUT)  # every request answers within it, or raises socket.timeout
+        return client
 
     def put(self, path: str, data: bytes, mode: int = 0o600) -> None:
         with self.sftp().open(path, "wb") as handle:
@@ -254,27 +272,33 @@ class RemoteHost:
 def connect_error(
     inventory: Inventory, host: InventoryHost, known_hosts: Path, error: Exception, timeout: float
 ) -> str:
-    """Why a connection failed, in one line naming the host by its alias (the error's text is scrubbed)."""
+    """Why a connection failed, in one line naming the inventory line, the host by its alias and the key to look
+    at (the error's text is scrubbed of addresses)."""
     import paramiko
 
-    where = f"{inventory.display}: {host.via} (port {host.ansible_port})"
+    def where(key: str) -> str:
+        return f"{inventory.where(host.name, key)} (port {host.ansible_port}): {key}"
+
     via = f" through jump host {host.dcutr_jump!r}" if host.dcutr_jump else ""
     if isinstance(error, paramiko.BadHostKeyException):
-        return f"{where}: its host key does not match {shown(known_hosts)}: refusing to connect"
+        return f"{where('dcutr_known_hosts')}: its host key does not match {shown(known_hosts)}: refusing to connect"
     if isinstance(error, paramiko.AuthenticationException):
-        return f"{where}: authentication failed (check ansible_user and ansible_ssh_private_key_file)"
+        key = "ansible_ssh_private_key_file" if host.ansible_ssh_private_key_file else "ansible_user"
+        return f"{where(key)}: authentication failed (check ansible_user and ansible_ssh_private_key_file)"
     if isinstance(error, paramiko.ChannelException):
-        return f"{where}: unreachable{via}: {error.text if hasattr(error, 'text') else 'channel refused'}"
+        reason = error.text if hasattr(error, "text") else "channel refused"
+        return f"{where('ansible_host')}: unreachable{via}: {reason}"
     if isinstance(error, paramiko.SSHException) and "known_hosts" in str(error):
         return (
-            f"{where}: its host key is not in {shown(known_hosts)}: add it (ssh-keyscan) or pass --accept-new-host-keys"
+            f"{where('dcutr_known_hosts')}: its host key is not in {shown(known_hosts)}: "
+            "add it (ssh-keyscan) or pass --accept-new-host-keys"
         )
     if isinstance(error, socket.gaierror):
-        return f"{where}: cannot resolve its ansible_host"
+        return f"{where('ansible_host')}: cannot resolve it"
     if isinstance(error, TimeoutError | socket.timeout):
-        return f"{where}: unreachable{via}: no answer within {timeout:g}s"
+        return f"{where('ansible_host')}: unreachable{via}: no answer within {timeout:g}s"
     if isinstance(error, paramiko.ssh_exception.NoValidConnectionsError | ConnectionRefusedError):
-        return f"{where}: unreachable{via}: connection refused"
+        return f"{where('ansible_host')}: unreachable{via}: connection refused"
     if isinstance(error, OSError) and error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-        return f"{where}: unreachable{via}: no route to it"
-    return f"{where}: unreachable{via}: {type(error).__name__}: {inventory.scrub(str(error))}"
+        return f"{where('ansible_host')}: unreachable{via}: no route to it"
+    return f"{where('ansible_host')}: unreachable{via}: {type(error).__name__}: {inventory.scrub(str(error))}"

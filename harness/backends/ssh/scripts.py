@@ -169,3 +169,19 @@ def route_source_script(toward: str) -> str:
 
 # The address the SSH session arrived on: the host's own side of the connection.
 SESSION_ADDRESS = 'set -- $SSH_CONNECTION; echo "$3"'
+
+
+def liveness_script(run_dir: str, nodes: Sequence[str]) -> str:
+    """`<node> exited|alive|gone` per node: gone is a wrapper that is no longer running but wrote no exit code
+    (killed, or the host rebooted). A wrapper is recognised by its pid *and* its working directory, so a pid
+    reused after a reboot is not taken for it."""
+    names = " ".join(q(n) for n in nodes)
+    return f"""d={q(run_dir)}
+cd "$d" 2>/dev/null || {{ for n in {names}; do echo "$n gone"; done; exit 0; }}
+for n in {names}; do
+  pg=$(cat "$n.pgid" 2>/dev/null)
+  if [ -f "$n.exit" ]; then echo "$n exited"
+  elif [ -n "$pg" ] && [ "/proc/$pg/cwd" -ef "$d" ]; then echo "$n alive"
+  else echo "$n gone"; fi
+done
+"""

@@ -101,7 +101,10 @@ def upload_binaries(remote: RemoteHost, binaries: Sequence[LocalBinary], run_id:
         if binary.cached_name not in cached:
             part = f"{cache}/.{binary.cached_name}.{run_id}.part"
             log.info("uploading %s to host %r", binary.name, remote.alias)
-            remote.upload(binary.path, part)
+            try:
+                remote.upload(binary.path, part)
+            except OSError as error:
+                raise _upload_error(remote, binary, cache, part, error) from None
             check = remote.must(f"sha256sum {q(part)}", f"checking the upload of {binary.name}", timeout=60)
             if check.split()[0] != binary.sha256:
                 remote.run(f"rm -f {q(part)}")
@@ -109,3 +112,24 @@ def upload_binaries(remote: RemoteHost, binaries: Sequence[LocalBinary], run_id:
             remote.must(f"chmod 755 {q(part)} && mv -f {q(part)} {q(final)}", "storing " + binary.name)
         links.append(f"ln -sfn {q(final)} {q(remote.run_dir)}/bin/{q(binary.name)}")
     remote.must(" && ".join(links), "linking the binaries")
+
+
+def _upload_error(remote: RemoteHost, binary: LocalBinary, cache: str, part: str, error: OSError) -> SetupError:
+    """Why an upload failed, in one line: a full disk says how much room there is and how much is needed. The
+    partial file is removed (a connection that died with it is reported as such by the backend)."""
+    from harness.backends.ssh.remote import ConnectionLost
+
+    if not remote.alive:
+        raise ConnectionLost(f"{remote.where}: the connection died while uploading {binary.name}")
+    q = shlex.quote
+    remote.run(f"rm -f {q(part)}", timeout=30)
+    need = (binary.path.stat().st_size + 1023) // 1024
+    free = remote.run(f"df -Pk {q(cache)} | tail -n 1", timeout=30)
+    fields = free.output.split()
+    if free.exit_code == 0 and len(fields) >= 4 and fields[3].isdigit() and int(fields[3]) < need:
+        return SetupError(
+            f"{remote.where}: no space left on its disk for {binary.name} ({need} KiB) in ~/{REMOTE_ROOT}/bin: "
+            f"{fields[3]} KiB free (the partial upload was removed)"
+        )
+    reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return SetupError(f"{remote.where}: uploading {binary.name} failed: {remote.inventory.scrub(reason)}")
