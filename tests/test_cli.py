@@ -10,7 +10,7 @@ import pytest
 from harness.cli import main
 from tests.fakes import FakeClock, lab
 from tests.test_checkpoints import FIXTURES
-from tests.test_runbook_models import PHASE4
+from tests.test_runbook_models import PHASE4, RUNBOOKS
 
 
 def test_verify_poc_phase4_is_relayed_not_direct(tmp_path, capsys):
@@ -161,3 +161,13 @@ def test_help(command, capsys):
 
 def test_runbooks_dir_exists():
     assert Path(PHASE4).exists()
+
+
+def test_a_bad_inventory_leaves_no_report_folder(tmp_path, capsys):
+    inventory = tmp_path / "fleet.yml"
+    inventory.write_bytes(b"all:\n  hosts:\n    r\xe9lay: {}\n")
+    reports = tmp_path / "reports"
+    args = ["run", str(RUNBOOKS / "phase6-remote-validation.yaml"), "--backend", "ssh", "--inventory", str(inventory)]
+    assert main([*args, "--reports", str(reports), "--run-id", "badinv"]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err
+    assert not (reports / "badinv").exists()

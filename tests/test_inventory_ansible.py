@@ -126,7 +126,22 @@ def test_groups_give_roles_and_precedence_is_ansibles(tmp_path):
 def test_dcutr_role_overrides_the_group(tmp_path):
     text = NESTED.replace("c1: {ansible_host: 198.18.0.12, ansible_user: own}", "c1: {ansible_host: 198.18.0.12}")
     text = text.replace("        client:\n", "        client:\n          vars: {dcutr_role: server}\n")
-    inventory = load_inventory(write(tmp_path, text))
+    # Now two servers: the second is refused, naming both, instead of one being silently left out.
+    with pytest.raises(BadInput, match="host 'c1': role server is s1's already: one host a role"):
+        load_inventory(write(tmp_path, text))
+    alone = text.replace(
+        "            s1:\n              ansible_host: 198.18.0.11\n              dcutr_nat_profile: openwrt-fw4\n", ""
+    )
+    inventory = load_inventory(
+        write(
+            tmp_path,
+            alone.replace(
+                "server:\n          vars:\n            ansible_port: 2202\n          hosts:\n",
+                "server:\n          vars:\n            ansible_port: 2202\n",
+            ),
+            "b.yml",
+        )
+    )
     assert inventory.hosts["c1"].dcutr_role == "server"
     assert inventory.origin("c1", "dcutr_role").source == "group client"
 

@@ -284,12 +284,6 @@ def test_jump_hosts_and_routers_are_connected_before_what_rides_on_them(tmp_path
             id="missing-role",
         ),
         pytest.param(
-            GOOD + "    client-2:\n      ansible_host: 198.18.0.12\n      dcutr_role: client\n",
-            phase6_topology(),
-            ["2 hosts have dcutr_role client", "client-vps, client-2", "name one of them 'client'"],
-            id="ambiguous-role",
-        ),
-        pytest.param(
             GOOD.replace("    relay-vm:", "    server:"),
             phase6_topology(),
             ["host 'server' has dcutr_role relay", "runbook node 'server' is a server"],
@@ -327,6 +321,7 @@ def test_unreachable_host_is_one_line_naming_it(tmp_path):
         port = probe.getsockname()[1]
     key = tmp_path / "id_ed25519"
     key.write_text("not really a key\n")
+    key.chmod(0o600)
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text("")
     text = f"""\
@@ -403,3 +398,21 @@ def test_log_lines_wait_for_their_end_even_across_a_split_character():
     assert state.lines == ["first", "sécond"]
     state.feed(b"\n")
     assert state.lines == ["first", "sécond", "third"] and state.offset == len(text) + 1
+
+
+def test_a_private_key_readable_by_others_is_refused_as_openssh_would(tmp_path):
+    key = tmp_path / "id_ed25519"
+    key.write_text("not really a key\n")
+    key.chmod(0o644)
+    text = GOOD.replace("  vars:\n", f"  vars:\n    ansible_ssh_private_key_file: {key}\n", 1)
+    with pytest.raises(BadInput, match=r"readable by others \(mode 644\): chmod 600 it"):
+        load_inventory(write(tmp_path, text))
+    key.chmod(0o600)
+    load_inventory(write(tmp_path, text))
+
+
+def test_a_second_host_of_a_role_is_refused_at_load(tmp_path):
+    """Placement would take one and leave the other out without a word: refused, naming both."""
+    text = GOOD + "    client-2:\n      ansible_host: 198.18.0.12\n      dcutr_role: client\n"
+    with pytest.raises(BadInput, match=r"client-2\.dcutr_role: role client is client-vps's already"):
+        load_inventory(write(tmp_path, text))

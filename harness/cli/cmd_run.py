@@ -60,6 +60,10 @@ def run(
     from harness.runbook import load_runbook, run_repeated
 
     loaded = load_runbook(runbook)  # bad runbooks fail here, before anything starts
+    if backend == "ssh" and inventory is not None:
+        from harness.backends.ssh import load_inventory
+
+        load_inventory(inventory)  # likewise a bad inventory: no report folder is made for a run that never starts
     chosen = _select(loaded, scenario or [], marker)
     if run_id is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", run_id):
         raise BadInput(f"--run-id {run_id!r}: use 1-31 lowercase letters, digits and dashes")

@@ -512,6 +512,25 @@ def _check_references(inventory: Inventory) -> None:
         origin = inventory.origins.get(host.name, {}).get(key) or inventory.origin(host.name, "ansible_host")
         return _fail(host.name, origin, key, message)
 
+    # One host a node role: a second relay would be silently ignored by placement, and the user's fleet would
+    # not be the one the run tested.
+    first: dict[str, InventoryHost] = {}
+    for host in hosts.values():
+        if host.dcutr_role in ("relay", "server", "client"):
+            if host.dcutr_role in first:
+                other = first[host.dcutr_role].name
+                raise fail(host, "dcutr_role", f"role {host.dcutr_role} is {other}'s already: one host a role")
+            first[host.dcutr_role] = host
+    for host in hosts.values():
+        key = inventory.key_file(host)
+        if key is not None and key.is_file() and key.stat().st_mode & 0o077:
+            raise fail(
+                host,
+                "ansible_ssh_private_key_file",
+                f"private key {key.name} is readable by others (mode {key.stat().st_mode & 0o777:o}): "
+                "chmod 600 it, as OpenSSH requires",
+            )
+
     routed: dict[str, str] = {}
     for host in hosts.values():
         if host.dcutr_nat_profile is not None:
