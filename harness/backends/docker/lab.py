@@ -30,6 +30,7 @@ Contract and reasons:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import ipaddress
 import os
@@ -75,8 +76,12 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
+@functools.cache
 def _default_images(kind: str) -> str:
-    """`base`, `router`, or `sut-<name>`: the image of that SUT (built in place, or the one built last)."""
+    """`base`, `router`, or `sut-<name>`: the image of that SUT (built in place, or the one built last).
+
+    Resolved once per process (a SUT built in place asks cargo, ~1 s): every lab of a run, an e2e worker or a
+    benchmark starts on the images the first one found."""
     from harness.images import ensure_image, sut_image
     from harness.sut import get_sut
 
