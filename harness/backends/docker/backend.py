@@ -257,7 +257,7 @@ class DockerBackend:
         return SanitiseHints()  # the lab names its own containers; only addresses are real
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "docker", "wan_delay_ms": self.wan_delay_ms, "attempt_on_topology": self.attempts}
+        return {"backend": "docker", "wan_delay_ms": self.wan_delay_ms}
 
     def routers(self) -> Sequence[str]:
         return [router.name for node in self._nodes.values() for router in node.routers]
