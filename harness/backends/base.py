@@ -84,3 +84,17 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Remove everything this backend created. Idempotent."""
+
+
+class Reusable(Protocol):
+    """A backend that can serve several attempts of one scenario on one provisioned topology."""
+
+    def reset(self, topology: Topology) -> None:
+        """Make the topology provision() built ready for another attempt, as if new: no process, log line,
+        conntrack event or socket sample of an earlier attempt is part of the next one's. Only the topology it
+        was provisioned with; raises when it cannot (the caller then provisions a fresh backend)."""
+
+
+def reusable(backend: object) -> bool:
+    """Whether `backend` can be reset between attempts (harness.backends.base.Reusable)."""
+    return callable(getattr(backend, "reset", None))

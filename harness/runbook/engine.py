@@ -61,6 +61,7 @@ class ScenarioRun:
         progress: Progress | None,
         poll_interval: float,
         keep_raw: bool,
+        reuse: bool = False,
     ) -> None:
         self.runbook = runbook
         self.scenario = scenario
@@ -70,6 +71,7 @@ class ScenarioRun:
         self.progress = progress or (lambda _message: None)
         self.poll_interval = poll_interval
         self.keep_raw = keep_raw
+        self.reuse = reuse
         self.topology = runbook.topology(scenario)
         self.sanitiser = Sanitiser(hash_peer_ids=runbook.sanitise.hash_peer_ids)
         self.logs: dict[str, NodeLog] = {}
@@ -109,9 +111,14 @@ class ScenarioRun:
     # -- setup -----------------------------------------------------------------------------------------
 
     def provision(self) -> None:
-        self.progress(f"provisioning {', '.join(f'{n} ({v.nat_profile})' for n, v in self.topology.nodes.items())}")
+        nodes = ", ".join(f"{n} ({v.nat_profile})" for n, v in self.topology.nodes.items())
         began = self.now()
-        self.backend.provision(self.topology)
+        if self.reuse:  # the topology of an earlier attempt, made as new (harness.backends.base.Reusable)
+            self.progress(f"resetting {nodes}")
+            self.backend.reset(self.topology)  # type: ignore[attr-defined]
+        else:
+            self.progress(f"provisioning {nodes}")
+            self.backend.provision(self.topology)
         self.result.timings["setup"] = self.now() - began
         addresses = dict(self.backend.addresses())
         hints = self.backend.sanitise_hints()
@@ -345,12 +352,15 @@ def run_scenario(
     *,
     progress: Progress | None = None,
     clock: Clock | None = None,
-    poll_interval: float = 0.25,
+    poll_interval: float | None = None,
     keep_raw: bool = False,
     attempt: int = 1,
+    reuse: bool = False,
 ) -> ScenarioResult:
     """Provision the scenario's topology, run the steps, and ALWAYS collect, sanitise, decide and report.
 
+    `poll_interval` (seconds between a wait's looks) defaults to the runbook's `poll`. With `reuse`, the backend
+    already holds this topology from an earlier attempt and is `reset()` instead of provisioned.
     Never closes the backend: the caller owns its lifetime. Raises BadInput / SetupError (after writing the
     report) when the lab itself could not run; any other failure becomes a `fail` verdict with its reason.
     """
@@ -363,7 +373,8 @@ def run_scenario(
         )
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    run = ScenarioRun(runbook, scenario, backend, report_dir, clock or Clock(), progress, poll_interval, keep_raw)
+    poll = runbook.poll if poll_interval is None else poll_interval
+    run = ScenarioRun(runbook, scenario, backend, report_dir, clock or Clock(), progress, poll, keep_raw, reuse)
     run.result.attempt = attempt
     run.result.environment = environment(backend, runbook, scenario)
     fatal: BaseException | None = None

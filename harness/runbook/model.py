@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from harness.durations import Seconds
 from harness.models import ExpectedVerdict, Node, RateBand, Role, ScenarioExpect, Strict, Topology
 from harness.steps import ExpectStep, Step
+
+DEFAULT_POLL = 0.25  # seconds between a wait's looks at the logs, unless the runbook or the caller says
 
 
 class RunbookNode(Strict):
@@ -105,6 +108,9 @@ class Runbook(Strict):
     scenarios: list[Scenario] = Field(default_factory=list)
     matrix: Matrix | None = None
     sanitise: SanitiseOptions = Field(default_factory=SanitiseOptions)
+    poll: Seconds = Field(
+        default=DEFAULT_POLL, gt=0, le=5, description="seconds between a wait's looks at the logs and exit codes"
+    )
 
     @model_validator(mode="after")
     def _expand_scenarios(self) -> Runbook:

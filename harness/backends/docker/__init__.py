@@ -1,11 +1,13 @@
 """The Docker backend: a lab of routers, hosts and node processes on one machine.
 
 Three modules, each with one reason to change:
-- `lab`: the primitives (`ContainerLab`): the Docker client, networks (transit), containers, exec,
-  `put_file`, veth pairs, addresses, and `sweep` by label. No NAT knowledge.
+- `lab`: the primitives (`ContainerLab`): the Docker client, networks (transit), containers started at once,
+  exec, lab plumbing through nsenter (`ns_run`), files read by offset, veth pairs, addresses, and `sweep` by
+  label. No NAT knowledge.
 - `wiring`: the NAT wiring (`DockerLab`): routers, the wires shaping their WAN links, private and public
   hosts, process containers in a host's namespace; the WAN delay setting of a run.
-- `backend`: `DockerBackend`, the runbook engine's adapter (harness.backends.base.Backend).
+- `backend`: `DockerBackend`, the runbook engine's adapter (harness.backends.base.Backend, and Reusable:
+  `reset()` between attempts on one topology).
 
 Which routers stand in front of a node is topology, not Docker: harness.nat.topology (`router_hops`,
 `router_chain`), which drives any lab shaped like `harness.nat.topology.NatLab`, as `DockerLab` is.
@@ -14,7 +16,7 @@ Import from here: these names are the package's interface.
 """
 
 from harness.backends.docker.backend import CONNTRACK_EVENTS, DockerBackend, NodeRuntime
-from harness.backends.docker.lab import ContainerLab, ImageResolver, LabNetwork, docker_client, sweep
+from harness.backends.docker.lab import ContainerLab, ImageResolver, LabContainer, LabNetwork, docker_client, sweep
 from harness.backends.docker.wiring import (
     DEFAULT_WAN_DELAY_MS,
     HOST_IF,
@@ -43,6 +45,7 @@ __all__ = [
     "DockerLab",
     "Host",
     "ImageResolver",
+    "LabContainer",
     "LabNetwork",
     "NodeRuntime",
     "Router",

@@ -7,37 +7,108 @@ same way) and the lab (harness.backends.docker.wiring) for the containers.
 Contract and reasons:
 - every node's SUT image (`sut-<name>`) is resolved before any container exists, so a SUT with no image
   fails the run whole; a node's process containers run that image;
+- the nodes are provisioned at once, each in its own thread, and a node's host container starts while its
+  routers are built: nothing in one node's chain waits for another node;
 - a node is a host container plus, once started, a process container in its namespace; `start()` after
   `stop()` replaces the process container and keeps the old one's log lines, so line numbers stay stable;
+- a process's log is followed as a Docker log stream (`LogFollower`), not re-read whole at each poll; once the
+  process has ended, or when the run collects, one full read is the authority;
 - the outermost router's WAN link gets the run's WAN delay (`default_wan_delay_ms`), the hops behind it none;
 - every router logs `conntrack -E` from the moment it exists, before its node's host is on its LAN: the event
-  log is the ground truth a run's verdict checks, and does not depend on when the run collects;
-- `collect()` writes each node's log, each router's conntrack events and table (harness.backends.artefacts)
-  and its live ruleset; `close()` closes the lab, which removes everything by handle and label.
+  log is the ground truth a run's verdict checks, and does not depend on when the run collects. A mark (an
+  entry only the lab makes, on TEST-NET-1 addresses, inserted and deleted) proves the recorder listens and
+  says where an attempt's events begin;
+- `reset()` makes a provisioned topology ready for another attempt of the same topology: the node processes
+  are stopped and removed, leftover sockets killed, neighbour caches, rulesets (and the mappings a cone
+  profile learnt in them) and conntrack tables reset, then a new mark taken. Each attempt's artefacts start at
+  its own marks and sample offsets, and its logs are only its own processes', so no fact of one attempt can
+  be evidence in the next;
+- `collect()` writes each node's log, each router's conntrack events (from the attempt's mark) and table
+  (harness.backends.artefacts) and its live ruleset; `close()` closes the lab, which removes everything by
+  handle and label.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker.errors
-from testcontainers.core.container import DockerContainer
 
 from harness.backends.artefacts import write_addresses, write_conntrack
 from harness.backends.base import ExecResult, NodeAddresses, SanitiseHints
-from harness.backends.docker.lab import ImageResolver
+from harness.backends.docker.lab import ImageResolver, LabContainer
 from harness.backends.docker.wiring import DockerLab, Host, Router, default_wan_delay_ms
-from harness.errors import BadInput
+from harness.errors import BadInput, SetupError
 from harness.models import Role, Topology
 from harness.nat.profiles import get_profile
-from harness.nat.topology import node_host, router_chain
+from harness.nat.topology import node_host, router_chain, router_hops
 
 CONNTRACK_EVENTS = "/var/log/dcutr-lab-conntrack.events"
 SOCKET_SAMPLES = "/var/log/dcutr-lab-sockets"
+# The lab's conntrack marks: TEST-NET-1 (RFC 5737) addresses no lab node ever has, one source port per mark.
+MARK_SRC, MARK_DST, MARK_DPORT = "192.0.2.1", "192.0.2.2", 9
+MARK_WITHIN = 10.0  # seconds a recorder may take to show a mark
+
+
+class LogFollower:
+    """A process container's log as it grows, read from one Docker log stream by a thread.
+
+    `lines()` hands out complete lines only (a line still being written has no newline yet). `final()` is the
+    authority once the process ended or the run collects: one full read of the container's log, which the
+    streamed lines are a prefix of.
+    """
+
+    def __init__(self, container: LabContainer) -> None:
+        self._wrapped = container.wrapped
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
+        self._partial = b""
+        self._final: list[str] | None = None
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._follow, name=f"log-{container.name}", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        try:
+            self._stream = self._wrapped.logs(stdout=True, stderr=True, stream=True, follow=True)
+            for chunk in self._stream:
+                with self._lock:
+                    data = self._partial + chunk
+                    *complete, self._partial = data.split(b"\n")
+                    self._lines.extend(line.decode("utf-8", "replace") for line in complete)
+        except Exception:  # the container went away: `final()` (or the last lines read) is what there is
+            return
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            return list(self._final if self._final is not None else self._lines)
+
+    def final(self) -> list[str]:
+        """Every complete line the process wrote, read whole once; kept once the process has ended."""
+        if self._final is not None:
+            return list(self._final)
+        try:
+            self._wrapped.reload()
+            ended = self._wrapped.status not in ("running", "created", "restarting")
+            raw = self._wrapped.logs(stdout=True, stderr=True)
+        except docker.errors.NotFound:
+            return self.lines()
+        lines = raw.decode("utf-8", "replace").split("\n")[:-1]
+        with self._lock:
+            if ended:
+                self._final = lines
+        return list(lines)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._stream is not None:
+                self._stream.close()
 
 
 @dataclass
@@ -46,11 +117,15 @@ class NodeRuntime:
 
     name: str
     role: Role
+    nat_profile: str = "none"
     host: Host | None = None
     routers: list[Router] = field(default_factory=list)  # innermost first
-    process: DockerContainer | None = None
+    process: LabContainer | None = None
+    follower: LogFollower | None = None
     past_logs: list[str] = field(default_factory=list)  # lines of earlier process containers (restarts)
     starts: int = 0
+    sockets_from: int = 0  # byte offset of this attempt's socket samples
+    sockets_since: float = 0.0  # and the wall time the attempt began: no older sample counts
 
 
 class DockerBackend:
@@ -72,6 +147,11 @@ class DockerBackend:
         self._nodes: dict[str, NodeRuntime] = {}
         self._addresses: dict[str, NodeAddresses] = {}
         self._images: dict[str, str] = {}  # node -> the image of its SUT
+        self._events_from: dict[str, int] = {}  # router -> byte offset of this attempt's conntrack events
+        self._marks = 0
+        self._marks_lock = threading.Lock()
+        self._topology: dict[str, tuple[Role, str, str]] = {}
+        self.attempts = 0  # attempts this topology has served (provision: 1, each reset: one more)
 
     # -- provisioning ----------------------------------------------------------------------------------
 
@@ -83,18 +163,27 @@ class DockerBackend:
                 by_sut[node.sut] = self.lab.image(f"sut-{node.sut}")
             self._images[name] = by_sut[node.sut]
         try:
-            for name, node in topology.nodes.items():
-                self._provision_node(name, node.role, node.nat_profile)
+            self.lab.transit()
+            self.lab.parallel(
+                [
+                    lambda name=name, node=node: self._provision_node(name, node.role, node.nat_profile)
+                    for name, node in topology.nodes.items()
+                ]
+            )
         except BaseException:
             self.close()
             raise
+        self._topology.update({name: (n.role, n.sut, n.nat_profile) for name, n in topology.nodes.items()})
+        self.attempts = 1
 
     def _provision_node(self, name: str, role: Role, nat_profile: str) -> None:
-        runtime = NodeRuntime(name=name, role=role)
+        runtime = NodeRuntime(name=name, role=role, nat_profile=nat_profile)
         self._nodes[name] = runtime
+        self.lab.prestart_host(name, public=not router_hops(nat_profile))
         runtime.routers = router_chain(self.lab, name, nat_profile, wan_delay_ms=self.wan_delay_ms)
-        for router in runtime.routers:
-            self._record_conntrack_events(router.name)
+        self.lab.parallel(
+            [lambda router=router: self._record_conntrack_events(router.name) for router in runtime.routers]
+        )
         runtime.host = node_host(self.lab, name, runtime.routers)
         if not runtime.routers:
             self._addresses[name] = NodeAddresses(node=name, lan_ip=None, public_ip=runtime.host.ip)
@@ -110,17 +199,44 @@ class DockerBackend:
         )
 
     def _record_conntrack_events(self, router: str) -> None:
-        """Log every conntrack state change of the router from now on.
+        """Log every conntrack state change of the router from now on, and wait until the recorder listens.
 
         The direct flow's ESTABLISHED entry only lives as long as the peers keep the connection: by the time a
         run collects, the client may have closed it (TIME_WAIT). The event log keeps the transition itself,
         written by the router's kernel as it happened, so the ground truth does not depend on timing.
         """
-        wrapped = self.lab.container(router).get_wrapped_container()
+        wrapped = self.lab.container(router).wrapped
         wrapped.exec_run(
             ["sh", "-c", f"exec stdbuf -oL conntrack -E -p tcp -o timestamp > {CONNTRACK_EVENTS} 2>&1"],
             detach=True,
         )
+        self._events_from[router] = self._mark(router)
+
+    def _mark(self, router: str) -> int:
+        """Put a mark in the router's event log and return the byte offset right after it.
+
+        The mark is a conntrack entry the lab inserts and deletes (TEST-NET-1 addresses, a source port of its
+        own); netlink delivers the router's events in order, so every event after the mark's DESTROY line
+        happened after the mark. Until the recorder listens, a mark is missed: try again with a new one.
+        """
+        deadline = time.monotonic() + MARK_WITHIN
+        while True:
+            with self._marks_lock:
+                self._marks += 1
+                sport = 1000 + self._marks % 60000
+            flow = ["-p", "tcp", "-s", MARK_SRC, "-d", MARK_DST, "--sport", str(sport), "--dport", str(MARK_DPORT)]
+            insert = ["conntrack", "-I", *flow, "--state", "SYN_SENT", "-t", "30"]
+            self.lab.ns_must(router, insert, "conntrack mark")
+            self.lab.ns_run(router, ["conntrack", "-D", *flow])
+            wanted = f"src={MARK_SRC} dst={MARK_DST} sport={sport} dport={MARK_DPORT} ".encode()
+            retry_at = time.monotonic() + 0.1
+            while time.monotonic() < retry_at:
+                found = _after_mark(self.lab.read_from(router, CONNTRACK_EVENTS), wanted)
+                if found is not None:
+                    return found
+                time.sleep(0.01)
+            if time.monotonic() >= deadline:
+                raise SetupError(f"the conntrack recorder of {router} logged no mark within {MARK_WITHIN:g}s")
 
     def _sample_sockets(self, host: str) -> None:
         """A node without NAT has no router to witness its direct flow: sample its own established TCP sockets
@@ -130,7 +246,9 @@ class DockerBackend:
             "while :; do t=$(date +%s.%N); ss -tnH state established | while read -r line; "
             f'do echo "[$t] $line"; done; sleep 0.2; done > {SOCKET_SAMPLES} 2>&1'
         )
-        self.lab.container(host).get_wrapped_container().exec_run(["sh", "-c", loop], detach=True)
+        self.lab.container(host).wrapped.exec_run(["sh", "-c", loop], detach=True)
+        runtime = self._nodes[host]
+        runtime.sockets_from, runtime.sockets_since = 0, time.time()
 
     def addresses(self) -> Mapping[str, NodeAddresses]:
         return dict(self._addresses)
@@ -143,6 +261,43 @@ class DockerBackend:
 
     def routers(self) -> Sequence[str]:
         return [router.name for node in self._nodes.values() for router in node.routers]
+
+    # -- another attempt on the same topology ----------------------------------------------------------
+
+    def reset(self, topology: Topology) -> None:
+        """Make the provisioned topology ready for another attempt, as if it were new (see the module doc).
+
+        Only the same topology can be reset to: anything else is a different lab."""
+        wanted = {name: (n.role, n.sut, n.nat_profile) for name, n in topology.nodes.items()}
+        if wanted != self._topology:
+            raise BadInput(f"lab {self.run_id} was provisioned for another topology; reset needs the same one")
+        nodes = list(self._nodes.values())
+        self.lab.parallel([lambda runtime=runtime: self._clear_node(runtime) for runtime in nodes])
+        routers = [router for runtime in nodes for router in runtime.routers]
+        self.lab.parallel([lambda router=router: self._reset_router(router) for router in routers])
+        self.attempts += 1
+
+    def _clear_node(self, runtime: NodeRuntime) -> None:
+        """Stop and remove the node's process, forget its lines, kill the sockets it left (TIME_WAIT, FIN_WAIT:
+        a new process binds the same ports) and the neighbour cache; this attempt's socket samples start now."""
+        if runtime.process is not None:
+            if runtime.follower is not None:
+                runtime.follower.close()
+            self.lab.remove(self._process_name(runtime))  # SIGKILL: nothing it does now is evidence
+        runtime.process, runtime.follower, runtime.past_logs = None, None, []
+        self.lab.ns_run(runtime.name, ["ss", "-K", "-t", "state", "all"])
+        self.lab.ns_run(runtime.name, ["ip", "neigh", "flush", "all"])
+        if not runtime.routers and runtime.role != Role.relay:
+            runtime.sockets_since = time.time()
+            runtime.sockets_from = self.lab.file_size(runtime.name, SOCKET_SAMPLES)
+
+    def _reset_router(self, router: Router) -> None:
+        """The router as new: its ruleset reloaded (a cone profile's learnt mappings go with the old one), its
+        conntrack table and neighbour cache flushed, then a mark: the attempt's events begin after it."""
+        self.lab.load_ruleset(router.name, router.nat_profile)
+        self.lab.ns_run(router.name, ["conntrack", "-F"])
+        self.lab.ns_run(router.name, ["ip", "neigh", "flush", "all"])
+        self._events_from[router.name] = self._mark(router.name)
 
     # -- node processes --------------------------------------------------------------------------------
 
@@ -164,25 +319,28 @@ class DockerBackend:
         runtime.process = self.lab.process(
             self._process_name(runtime), runtime.host, command, env, image=self._images[node]
         )
+        runtime.follower = LogFollower(runtime.process)
 
     def _retire_process(self, runtime: NodeRuntime) -> None:
         """Keep the old process's log lines (so line numbers stay stable), then remove its container."""
-        runtime.past_logs.extend(self._current_lines(runtime))
+        runtime.past_logs.extend(self._current_lines(runtime, final=True))
+        if runtime.follower is not None:
+            runtime.follower.close()
         self.lab.remove(self._process_name(runtime))
-        runtime.process = None
+        runtime.process, runtime.follower = None, None
 
     def stop(self, node: str, timeout: float = 5.0) -> None:
         runtime = self._node(node)
         if runtime.process is None:
             return
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            runtime.process.get_wrapped_container().stop(timeout=max(1, int(timeout)))
+            runtime.process.wrapped.stop(timeout=max(1, int(timeout)))
 
     def exit_code(self, node: str) -> int | None:
         runtime = self._node(node)
         if runtime.process is None:
             return None
-        wrapped = runtime.process.get_wrapped_container()
+        wrapped = runtime.process.wrapped
         try:
             wrapped.reload()
         except docker.errors.NotFound:
@@ -190,19 +348,14 @@ class DockerBackend:
         state = wrapped.attrs["State"]
         if state.get("Running") or state.get("Status") in ("created", "restarting"):
             return None
+        if runtime.follower is not None:
+            runtime.follower.final()  # what it printed on its way out is in the log before its exit is told
         return int(state.get("ExitCode", -1))
 
-    def _current_lines(self, runtime: NodeRuntime) -> list[str]:
-        if runtime.process is None:
+    def _current_lines(self, runtime: NodeRuntime, *, final: bool = False) -> list[str]:
+        if runtime.follower is None:
             return []
-        try:
-            raw = runtime.process.get_wrapped_container().logs(stdout=True, stderr=True)
-        except docker.errors.NotFound:
-            return []
-        text = raw.decode("utf-8", "replace")
-        lines = text.split("\n")
-        # A line still being written has no newline yet: hand it out only once it is complete.
-        return lines[:-1]
+        return runtime.follower.final() if final else runtime.follower.lines()
 
     def log_lines(self, node: str, start: int = 0) -> list[str]:
         runtime = self._node(node)
@@ -218,24 +371,50 @@ class DockerBackend:
         written: list[Path] = []
         for name, runtime in self._nodes.items():
             path = dest / f"{name}.log"
-            lines = runtime.past_logs + self._current_lines(runtime)
+            lines = runtime.past_logs + self._current_lines(runtime, final=True)
             path.write_text("".join(line + "\n" for line in lines))
             written.append(path)
         for router in self.routers():
-            events = self.lab.exec(router, ["cat", CONNTRACK_EVENTS], timeout=10)
-            table = self.lab.exec(router, ["conntrack", "-L", "-p", "tcp"], timeout=10)
-            written.append(write_conntrack(dest, router, events.output if events.exit_code == 0 else "", table.output))
+            events = self.lab.read_from(router, CONNTRACK_EVENTS, self._events_from.get(router, 0))
+            table = self.lab.ns_run(router, ["conntrack", "-L", "-p", "tcp"], timeout=10)
+            written.append(write_conntrack(dest, router, events.decode("utf-8", "replace"), table.output))
             ruleset = dest / f"{router}.nft"
-            ruleset.write_text(self.lab.exec(router, ["nft", "list", "ruleset"], timeout=10).output)
+            ruleset.write_text(self.lab.ns_run(router, ["nft", "list", "ruleset"], timeout=10).output)
             written.append(ruleset)
         for name, runtime in self._nodes.items():
             if not runtime.routers and runtime.role != Role.relay:
-                samples = self.lab.exec(name, ["cat", SOCKET_SAMPLES], timeout=10)
+                samples = self.lab.read_from(name, SOCKET_SAMPLES, runtime.sockets_from).decode("utf-8", "replace")
                 path = dest / f"{name}.sockets"
-                path.write_text(samples.output if samples.exit_code == 0 else "")
+                path.write_text(_samples_since(samples, runtime.sockets_since))
                 written.append(path)
         write_addresses(dest, self._addresses)
         return written
 
     def close(self) -> None:
+        for runtime in self._nodes.values():
+            if runtime.follower is not None:
+                runtime.follower.close()
         self.lab.close()
+
+
+def _after_mark(data: bytes, flow: bytes) -> int | None:
+    """The offset right after the `[DESTROY]` line of the mark `flow` in an event log, if it is there yet."""
+    offset, found = 0, None
+    for line in data.split(b"\n")[:-1]:  # complete lines only
+        offset += len(line) + 1
+        if b"[DESTROY]" in line and flow in line:
+            found = offset
+    return found
+
+
+def _samples_since(text: str, since: float) -> str:
+    """The socket samples taken at or after `since` (a sample begun before an attempt is not its evidence)."""
+    kept = []
+    for line in text.splitlines(keepends=True):
+        stamp = line[1 : line.find("]")] if line.startswith("[") else ""
+        try:
+            if float(stamp) >= since:
+                kept.append(line)
+        except ValueError:
+            continue
+    return "".join(kept)

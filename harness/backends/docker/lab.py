@@ -17,27 +17,38 @@ Contract and reasons:
 - Everything carries the labels of `harness.labels`; `close()` removes by handle and then sweeps by the run
   label, so even objects created by a half-finished call are found. An open lab is registered with
   harness.cleanup, so interpreter exit closes one a caller forgot.
+- Containers are started with the Docker SDK directly (create, then start: never a pull), from any thread:
+  the lab is thread-safe, so a topology's containers start at once (`starting`) rather than one by one.
+- Lab plumbing (addresses, routes, rulesets, conntrack flushes) runs from the lab machine inside a
+  container's network and mount namespaces (`ns_run`, nsenter: milliseconds, where `docker exec` takes tens),
+  with the container's own binaries. What a step or a SUT runs still goes through `exec`. Files the lab reads
+  back as they grow (event logs, samples) are read through `/proc/<pid>/root` by byte offset (`read_from`).
+  Both need the lab machine to be the Docker host, as the veth pairs already do; without nsenter they fall
+  back to `docker exec`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import ipaddress
 import os
+import shutil
 import subprocess
 import tarfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Self
-
-# Ryuk (testcontainers' reaper) needs an image pulled from a registry, which this lab never has.
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 import docker
 import docker.errors
+from docker.models.containers import Container
 from docker.types import EndpointConfig
-from testcontainers.core.container import DockerContainer
 
 from harness import cleanup
 from harness import labels as lab_labels
@@ -47,15 +58,30 @@ from harness.errors import BadInput, LabError, SetupError
 
 ImageResolver = Callable[[str], str]
 
+# What lab plumbing run through nsenter sees as its environment: the container's tools, not the harness's PATH.
+_NS_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+# Containers a lab starts at once; Docker queues the rest (2 cores start ~7 containers a second either way).
+START_WORKERS = 8
+
 
 def docker_client() -> docker.DockerClient:
+    """A client with room for a lab's concurrent calls: parallel starts and one log stream per process."""
     from harness.dockerd import connect
 
-    return connect(timeout=120)
+    try:
+        client = docker.from_env(timeout=120, max_pool_size=32)
+        client.ping()
+    except docker.errors.DockerException:
+        return connect(timeout=120)  # says what to start, as one line
+    return client
 
 
+@functools.cache
 def _default_images(kind: str) -> str:
-    """`base`, `router`, or `sut-<name>`: the image of that SUT (built in place, or the one built last)."""
+    """`base`, `router`, or `sut-<name>`: the image of that SUT (built in place, or the one built last).
+
+    Resolved once per process (a SUT built in place asks cargo, ~1 s): every lab of a run, an e2e worker or a
+    benchmark starts on the images the first one found."""
     from harness.images import ensure_image, sut_image
     from harness.sut import get_sut
 
@@ -70,15 +96,35 @@ class LabNetwork:
     subnet: ipaddress.IPv4Network
     docker_id: str
     _next: int = 10
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def next_ip(self) -> str:
-        ip = nth_host(self.subnet, self._next)
-        self._next += 1
+        with self._lock:
+            ip = nth_host(self.subnet, self._next)
+            self._next += 1
         return ip
 
 
-def _container_pid(container: DockerContainer) -> int:
-    wrapped = container.get_wrapped_container()
+@dataclass
+class LabContainer:
+    """A container the lab started: the Docker object, and its main process's pid on the lab machine."""
+
+    name: str  # the lab's short name (`client-router`), not Docker's
+    wrapped: Container
+    _pid: int | None = None
+
+    def get_wrapped_container(self) -> Container:
+        return self.wrapped
+
+    @property
+    def pid(self) -> int:
+        """The pid of the container's init on the lab machine (cached: a lab container never restarts)."""
+        if self._pid is None:
+            self._pid = _container_pid(self.wrapped)
+        return self._pid
+
+
+def _container_pid(wrapped: Container) -> int:
     wrapped.reload()
     pid = int(wrapped.attrs["State"]["Pid"])
     if pid <= 0:
@@ -97,7 +143,7 @@ class ContainerLab:
     """One run's Docker objects: the transit network and the containers on it or in its veth pairs.
 
     A context manager; `close()` is idempotent and removes everything carrying this run's label. Subclassed by
-    `DockerLab` (harness.backends.docker.wiring), which is what callers use.
+    `DockerLab` (harness.backends.docker.wiring), which is what callers use. Safe to use from several threads.
     """
 
     def __init__(
@@ -112,11 +158,15 @@ class ContainerLab:
         self.run_id = run_id or lab_labels.new_run_id()
         self.client = client or docker_client()
         self._images = images or _default_images
-        self._containers: dict[str, DockerContainer] = {}
+        self._containers: dict[str, LabContainer] = {}
+        self._pending: dict[str, Future[LabContainer]] = {}  # containers being started (`starting`)
         self._networks: list[LabNetwork] = []
         self._transit: LabNetwork | None = None
         self._lan_index = 0
         self._closed = False
+        self._lock = threading.RLock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._checked_images: set[str] = set()
         cleanup.register(self)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -128,11 +178,18 @@ class ContainerLab:
         self.close()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for name in reversed(list(self._containers)):
-            self._remove_container(name)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pending = list(self._pending.values())
+        for future in pending:  # let half-started containers land, so they are removed below
+            with contextlib.suppress(BaseException):
+                future.result(timeout=60)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        names = list(self._containers)
+        self.parallel([lambda name=name: self._remove_container(name) for name in reversed(names)])
         for network in reversed(self._networks):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 self.client.networks.get(network.docker_id).remove()
@@ -140,11 +197,24 @@ class ContainerLab:
         cleanup.unregister(self)
 
     def _remove_container(self, name: str) -> None:
-        container = self._containers.pop(name, None)
+        with self._lock:
+            container = self._containers.pop(name, None)
         if container is None:
             return
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            container.get_wrapped_container().remove(force=True, v=True)
+            container.wrapped.remove(force=True, v=True)
+
+    def parallel(self, actions: Iterable[Callable[[], object]]) -> list[object]:
+        """Run independent actions at once; every one finishes, then the first failure (if any) is raised."""
+        actions = list(actions)
+        if len(actions) <= 1:
+            return [action() for action in actions]
+        with ThreadPoolExecutor(max_workers=min(len(actions), START_WORKERS)) as pool:
+            futures = [pool.submit(action) for action in actions]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+        return [f.result() for f in futures]
 
     # -- naming and images -----------------------------------------------------------------------------
 
@@ -157,21 +227,24 @@ class ContainerLab:
     def image(self, kind: str) -> str:
         return self._images(kind)
 
-    def container(self, name: str) -> DockerContainer:
-        try:
-            return self._containers[name]
-        except KeyError:
-            raise BadInput(
-                f"no container named {name!r} in lab {self.run_id} ({', '.join(self._containers)})"
-            ) from None
+    def container(self, name: str) -> LabContainer:
+        with self._lock:
+            found = self._containers.get(name)
+            pending = self._pending.get(name)
+        if found is not None:
+            return found
+        if pending is not None:
+            return pending.result()
+        raise BadInput(f"no container named {name!r} in lab {self.run_id} ({', '.join(self._containers)})")
 
     # -- networks --------------------------------------------------------------------------------------
 
     def transit(self) -> LabNetwork:
         """The lab's internet; created on first use with a subnet no other lab or host route uses."""
-        if self._transit is None:
-            self._transit = self._create_network("transit", NetworkKind.transit)
-        return self._transit
+        with self._lock:
+            if self._transit is None:
+                self._transit = self._create_network("transit", NetworkKind.transit)
+            return self._transit
 
     def _create_network(self, what: str, kind: NetworkKind) -> LabNetwork:
         name = self.object_name(what)
@@ -199,11 +272,46 @@ class ContainerLab:
     def lan_subnet(self, pool: str | None = None) -> ipaddress.IPv4Network:
         """LANs live only inside veth pairs, so they need no allocation across labs; a distinct /24 per router
         keeps logs readable. A carrier NAT's inside comes from its own pool (RFC 6598 100.64.0.0/10)."""
-        self._lan_index += 1
+        with self._lock:
+            self._lan_index += 1
+            index = self._lan_index
         network = ipaddress.IPv4Network(pool or "192.168.0.0/16")
-        return list(network.subnets(new_prefix=24))[self._lan_index]
+        return list(network.subnets(new_prefix=24))[index]
 
     # -- containers ------------------------------------------------------------------------------------
+
+    def starting(self, name: str, start: Callable[[], LabContainer]) -> None:
+        """Begin starting a container in the background; `container(name)` waits for it. A failure surfaces
+        there (or at close), never silently."""
+        with self._lock:
+            if self._closed:
+                raise LabError(f"lab {self.run_id} is closed")
+            if name in self._containers or name in self._pending:
+                raise LabError(f"container {name!r} already exists in lab {self.run_id}")
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=START_WORKERS, thread_name_prefix=f"lab-{self.run_id}")
+            future = self._pool.submit(start)
+            self._pending[name] = future
+
+        def landed(done: Future[LabContainer], name: str = name) -> None:
+            with self._lock:
+                self._pending.pop(name, None)
+
+        future.add_done_callback(landed)
+
+    def is_pending(self, name: str) -> bool:
+        with self._lock:
+            return name in self._pending
+
+    def _check_image(self, image: str) -> None:
+        if image in self._checked_images:
+            return
+        try:
+            # Never let Docker reach for a registry: a missing local image is a setup error, not a pull.
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise SetupError(f"image {image} is missing: run `dcutr-lab images build`") from None
+        self._checked_images.add(image)
 
     def _start_container(
         self,
@@ -219,16 +327,20 @@ class ContainerLab:
         cap_add: Sequence[str] = (),
         sysctls: Mapping[str, str] | None = None,
         entrypoint: Sequence[str] | None = None,
-    ) -> DockerContainer:
-        if name in self._containers:
-            raise LabError(f"container {name!r} already exists in lab {self.run_id}")
-        # with_kwargs replaces rather than merges, so every create option goes in this one call.
+    ) -> LabContainer:
+        with self._lock:
+            if name in self._containers:
+                raise LabError(f"container {name!r} already exists in lab {self.run_id}")
+            if self._closed:
+                raise LabError(f"lab {self.run_id} is closed")
         kwargs: dict[str, object] = {
+            "name": self.object_name(name),
             "labels": self.labels(role),
             "hostname": name[:63],
             "init": True,
             "cap_add": list(cap_add),
             "sysctls": dict(sysctls or {}),
+            "environment": dict(env or {}),
             "detach": True,
         }
         if entrypoint is not None:
@@ -239,32 +351,26 @@ class ContainerLab:
         else:
             kwargs["network_mode"] = network_mode or "none"
             kwargs.pop("hostname")  # a container sharing another's namespace cannot set its own hostname
+        self._check_image(image)
+        created: Container | None = None
         try:
-            # Never let Docker reach for a registry: a missing local image is a setup error, not a pull.
-            self.client.images.get(image)
-        except docker.errors.ImageNotFound:
-            raise SetupError(f"image {image} is missing: run `dcutr-lab images build`") from None
-        container = (
-            DockerContainer(image)
-            .with_name(self.object_name(name))
-            .with_command(list(command))
-            .with_envs(**dict(env or {}))
-            .with_kwargs(**kwargs)
-        )
-        try:
-            container.start()
+            # create + start, not run: `run` pulls a missing image, `create` only says it is missing.
+            created = self.client.containers.create(image, list(command), **kwargs)
+            created.start()
         except docker.errors.ImageNotFound as error:
             raise SetupError(f"image {image} is missing: run `dcutr-lab images build`") from error
         except docker.errors.APIError as error:
             with contextlib.suppress(Exception):
-                self.client.containers.get(self.object_name(name)).remove(force=True)
+                (created or self.client.containers.get(self.object_name(name))).remove(force=True)
             raise SetupError(f"starting container {name} failed: {error.explanation or error}") from error
-        self._containers[name] = container
+        container = LabContainer(name, created)
+        with self._lock:
+            self._containers[name] = container
         return container
 
     def exec(self, target: str, command: Sequence[str], timeout: float = 30.0) -> ExecResult:
         """Run a command in a lab container, bounded by `timeout` (coreutils `timeout` inside)."""
-        wrapped = self.container(target).get_wrapped_container()
+        wrapped = self.container(target).wrapped
         bounded = ["timeout", "--kill-after=2", f"{timeout:g}", *command]
         try:
             code, output = wrapped.exec_run(bounded, demux=False)
@@ -278,7 +384,81 @@ class ContainerLab:
             raise SetupError(f"{what} on {target} failed (exit {result.exit_code}): {result.output.strip()}")
         return result.output
 
+    # -- lab plumbing from the lab machine -------------------------------------------------------------
+
+    def ns_run(
+        self, target: str, command: Sequence[str], *, stdin: str | None = None, timeout: float = 30.0
+    ) -> ExecResult:
+        """A short lab command (ip, nft, conntrack, ss) in `target`'s network and mount namespaces, run from
+        the lab machine: the container's own binaries, without a round trip through the Docker daemon.
+
+        For the lab's own plumbing only; a runbook's `run` step and every SUT go through `exec`."""
+        if _NSENTER is None:
+            if stdin is not None:
+                command = ["sh", "-c", 'printf %s "$0" | "$@"', stdin, *command]
+            return self.exec(target, command, timeout=timeout)
+        pid = self.container(target).pid
+        try:
+            done = subprocess.run(
+                [_NSENTER, "-t", str(pid), "-m", "-n", "--", *command],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=_NS_ENV,
+            )
+        except subprocess.TimeoutExpired:
+            return ExecResult(exit_code=124, output=f"timed out after {timeout:g}s")
+        return ExecResult(exit_code=done.returncode, output=done.stdout + done.stderr)
+
+    def ns_must(self, target: str, command: Sequence[str], what: str, *, stdin: str | None = None) -> str:
+        result = self.ns_run(target, command, stdin=stdin)
+        if result.exit_code != 0:
+            raise SetupError(f"{what} on {target} failed (exit {result.exit_code}): {result.output.strip()}")
+        return result.output
+
+    def _rooted(self, target: str, path: str) -> Path:
+        return Path(f"/proc/{self.container(target).pid}/root") / path.lstrip("/")
+
+    def read_from(self, target: str, path: str, offset: int = 0) -> bytes:
+        """The bytes of a file in `target` from `offset` on (b"" when it does not exist yet)."""
+        try:
+            with self._rooted(target, path).open("rb") as handle:
+                handle.seek(offset)
+                return handle.read()
+        except FileNotFoundError:
+            return b""
+        except OSError:  # no /proc view of the container (not the Docker host): ask the container
+            result = self.exec(target, ["sh", "-c", f"test -f {path} && tail -c +{offset + 1} {path} || true"])
+            return result.output.encode()
+
+    def file_size(self, target: str, path: str) -> int:
+        try:
+            return self._rooted(target, path).stat().st_size
+        except FileNotFoundError:
+            return 0
+        except OSError:
+            result = self.exec(target, ["sh", "-c", f"test -f {path} && wc -c < {path} || echo 0"])
+            return int(result.output.strip() or 0)
+
+    def wait_for_file(self, target: str, path: str, within: float) -> bool:
+        """Whether a file in `target` is non-empty within `within` seconds (polled from the lab machine)."""
+        deadline = time.monotonic() + within
+        while True:
+            if self.file_size(target, path) > 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
     def put_file(self, target: str, path: str, content: str) -> None:
+        rooted = self._rooted(target, path)
+        try:
+            rooted.parent.mkdir(parents=True, exist_ok=True)
+            rooted.write_text(content)
+            return
+        except OSError:
+            pass
         data = content.encode()
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -287,11 +467,11 @@ class ContainerLab:
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
         self.must(target, ["mkdir", "-p", os.path.dirname(path)], "mkdir")
-        self.container(target).get_wrapped_container().put_archive(os.path.dirname(path), buffer.getvalue())
+        self.container(target).wrapped.put_archive(os.path.dirname(path), buffer.getvalue())
 
     def _veth(self, a: str, a_if: str, b: str, b_if: str) -> None:
         """A veth pair with one end in each container's namespace; it dies with them, nothing stays on the host."""
-        pid_a, pid_b = _container_pid(self.container(a)), _container_pid(self.container(b))
+        pid_a, pid_b = self.container(a).pid, self.container(b).pid
         _run_host(
             ["ip", "link", "add", a_if, "netns", str(pid_a), "type", "veth", "peer", "name", b_if, "netns", str(pid_b)],
             f"veth {a}:{a_if} <-> {b}:{b_if}",
@@ -299,16 +479,22 @@ class ContainerLab:
         self._small_segments(a, a_if)
         self._small_segments(b, b_if)
 
+    def ip_batch(self, target: str, commands: Sequence[str], what: str) -> None:
+        """Several `ip` commands in one go (`ip -batch -`): addresses, links, routes."""
+        self.ns_must(target, ["ip", "-batch", "-"], what, stdin="".join(f"{line}\n" for line in commands))
+
     def _address(self, target: str, ifname: str, cidr: str) -> None:
-        self.must(target, ["ip", "addr", "add", cidr, "dev", ifname], f"address {cidr} on {ifname}")
-        self.must(target, ["ip", "link", "set", ifname, "up"], f"link up {ifname}")
+        self.ip_batch(target, [f"addr add {cidr} dev {ifname}", f"link set {ifname} up"], f"address {cidr} on {ifname}")
 
     def _small_segments(self, target: str, ifname: str) -> None:
         """No GSO super-frames on this interface: a user-space wire can only pass frames that fit the MTU."""
-        self.must(target, ["ip", "link", "set", "dev", ifname, "gso_max_size", "1500"], f"gso_max_size on {ifname}")
+        self.ns_must(target, ["ip", "link", "set", "dev", ifname, "gso_max_size", "1500"], f"gso_max_size on {ifname}")
 
     def remove(self, name: str) -> None:
         self._remove_container(name)
+
+
+_NSENTER = shutil.which("nsenter")
 
 
 def sweep(client: docker.DockerClient | None = None, *, run_id: str | None = None) -> tuple[int, int]:

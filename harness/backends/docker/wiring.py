@@ -31,11 +31,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import docker.errors
-from testcontainers.core.container import DockerContainer
 
-from harness.backends.docker.lab import ContainerLab, LabNetwork
+from harness.backends.docker.lab import ContainerLab, LabContainer, LabNetwork
 from harness.backends.subnets import nth_host
-from harness.errors import BadInput, LabError, SetupError
+from harness.errors import BadInput, SetupError
 
 # Interface names inside router and host containers; fixed so rulesets and logs read the same in every run.
 TRANSIT_IF = "eth0"
@@ -43,6 +42,8 @@ LAN_IF = "lan0"
 UPLINK_IF = "wan0"  # a router's WAN when it is a veth: behind a carrier NAT, or to its wire
 HOST_IF = "eth0"
 WIRE_IF = "w0"  # a wire container's port towards its router (its other port, eth0, is on transit)
+RULESET_PATH = "/etc/dcutr-lab/nat.nft"
+WIRE_READY = "/run/dcutr-wire.ready"
 
 # One-way delay each router's WAN link adds (ms), unless DCUTR_LAB_WAN_DELAY_MS says otherwise (0: no wire, the
 # router's eth0 sits on transit itself). Real links have tens of ms; see DockerLab.router.
@@ -69,7 +70,7 @@ class Router:
     """A NAT router container. `wan_ip` is its address towards the internet (transit or carrier)."""
 
     name: str
-    container: DockerContainer
+    container: LabContainer
     nat_profile: str
     wan_if: str
     wan_ip: str
@@ -85,7 +86,7 @@ class Host:
     """A container that owns a network namespace (a node's machine). Processes join it by `container:`."""
 
     name: str
-    container: DockerContainer
+    container: LabContainer
     ip: str
     gateway: str | None
 
@@ -113,7 +114,7 @@ class DockerLab(ContainerLab):
         to a `<name>-wire` container whose `eth0` is on transit; the wire (images/router/dcutr-wire) delays
         every frame `wan_delay_ms` each way (plus up to `wan_jitter_ms`, never reordering) and drops
         `wan_loss` percent of them. The router keeps its transit address either way, and `Router.wan_if` names
-        the interface its ruleset matches.
+        the interface its ruleset matches. The router and its wire start at once.
         """
         from harness.nat.profiles import get_profile
         from harness.nat.render import render_ruleset
@@ -134,27 +135,42 @@ class DockerLab(ContainerLab):
         if upstream is None and wired:
             transit = self.transit()
             wan_ip = transit.next_ip()
-            container = self._router_container(name, image)
-            self._wire(name, UPLINK_IF, transit, delay_ms=wan_delay_ms, jitter_ms=wan_jitter_ms, loss=wan_loss)
+            wire_ip = transit.next_ip()
+            self.parallel(
+                [
+                    lambda: self._router_container(name, image),
+                    lambda: self._wire_container(
+                        name, transit, wire_ip, delay_ms=wan_delay_ms, jitter_ms=wan_jitter_ms, loss=wan_loss
+                    ),
+                ]
+            )
+            self._connect_wire(name, UPLINK_IF)
             self._address(name, UPLINK_IF, f"{wan_ip}/{transit.subnet.prefixlen}")
             wan_if = UPLINK_IF
         elif upstream is None:
             transit = self.transit()
             wan_ip = transit.next_ip()
-            container = self._router_container(name, image, network=transit, ip=wan_ip)
+            self._router_container(name, image, network=transit, ip=wan_ip)
             wan_if = TRANSIT_IF
         else:
-            container = self._router_container(name, image)
+            self._router_container(name, image)
             wan_ip = nth_host(upstream.lan_subnet, 2)
             self._veth(name, UPLINK_IF, upstream.name, LAN_IF)
-            self._address(name, UPLINK_IF, f"{wan_ip}/{upstream.lan_subnet.prefixlen}")
             self._address(upstream.name, LAN_IF, f"{upstream.lan_ip}/{upstream.lan_subnet.prefixlen}")
-            self.must(name, ["ip", "route", "replace", "default", "via", upstream.lan_ip], "default route")
+            self.ip_batch(
+                name,
+                [
+                    f"addr add {wan_ip}/{upstream.lan_subnet.prefixlen} dev {UPLINK_IF}",
+                    f"link set {UPLINK_IF} up",
+                    f"route replace default via {upstream.lan_ip}",
+                ],
+                "uplink and default route",
+            )
             wan_if = UPLINK_IF
         lan_ip = nth_host(lan_subnet, 1)
         router = Router(
             name=name,
-            container=container,
+            container=self.container(name),
             nat_profile=nat_profile,
             wan_if=wan_if,
             wan_ip=wan_ip,
@@ -164,13 +180,18 @@ class DockerLab(ContainerLab):
             wire=f"{name}-wire" if upstream is None and wired else None,
         )
         router.ruleset = render_ruleset(config, wan_if=wan_if, wan_ip=wan_ip, lan_if=LAN_IF, lan_subnet=str(lan_subnet))
-        self.put_file(name, "/etc/dcutr-lab/nat.nft", router.ruleset)
-        self.must(name, ["nft", "-f", "/etc/dcutr-lab/nat.nft"], f"nat profile {nat_profile}")
+        self.put_file(name, RULESET_PATH, router.ruleset)
+        self.load_ruleset(name, nat_profile)
         return router
+
+    def load_ruleset(self, router: str, nat_profile: str = "") -> None:
+        """(Re)load the router's ruleset file: it begins with `flush ruleset`, so this also empties the dynamic
+        maps a cone profile learns its mappings in."""
+        self.ns_must(router, ["nft", "-f", RULESET_PATH], f"nat profile {nat_profile}".strip())
 
     def _router_container(
         self, name: str, image: str, *, network: LabNetwork | None = None, ip: str | None = None
-    ) -> DockerContainer:
+    ) -> LabContainer:
         """An idle router container with the router sysctls; on `network` at `ip`, or with no network yet."""
         from harness.nat.profiles import ROUTER_SYSCTLS
 
@@ -185,49 +206,49 @@ class DockerLab(ContainerLab):
             sysctls=ROUTER_SYSCTLS,
         )
 
-    def _wire(
-        self, router: str, router_if: str, transit: LabNetwork, *, delay_ms: float, jitter_ms: float, loss: float
-    ) -> None:
-        """A shaping wire between `router`'s `router_if` and transit; returns once it forwards frames.
-
-        The wire program is the container's main process (its log is the container's log, SIGTERM ends it).
-        It waits for its router port, which only exists once the container runs and the veth is made.
-        """
-        name = f"{router}-wire"
-        ready = "/run/dcutr-wire.ready"
+    def _wire_container(
+        self, router: str, transit: LabNetwork, ip: str, *, delay_ms: float, jitter_ms: float, loss: float
+    ) -> LabContainer:
+        """A shaping wire on transit; the wire program is the container's main process (its log is the
+        container's log, SIGTERM ends it). It waits for its router port, which only exists once `_connect_wire`
+        made the veth."""
         command = ["dcutr-wire", "--a", TRANSIT_IF, "--b", WIRE_IF]
         command += ["--delay-ms", f"{delay_ms:g}", "--jitter-ms", f"{jitter_ms:g}", "--loss", f"{loss:g}"]
-        command += ["--wait", "60", "--ready", ready]
-        self._start_container(
-            name,
+        command += ["--wait", "60", "--ready", WIRE_READY]
+        return self._start_container(
+            f"{router}-wire",
             image=self.image("router"),
             role="wire",
             command=command,
             network=transit,
-            ip=transit.next_ip(),
+            ip=ip,
             cap_add=["NET_ADMIN", "NET_RAW"],
             sysctls={"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv4.ip_forward": "0"},
         )
+
+    def _connect_wire(self, router: str, router_if: str) -> None:
+        """Plug the wire between `router`'s `router_if` and transit; returns once it forwards frames."""
+        name = f"{router}-wire"
         # A cable has no address: without one the wire's own kernel answers nothing on transit (Docker needed
         # an address to attach the container; nobody else gets it, the lab hands out addresses in order).
-        self.must(name, ["ip", "addr", "flush", "dev", TRANSIT_IF], "wire address flush")
+        self.ns_must(name, ["ip", "addr", "flush", "dev", TRANSIT_IF], "wire address flush")
         self._veth(name, WIRE_IF, router, router_if)
-        self.must(name, ["ip", "link", "set", WIRE_IF, "up"], "wire port up")
+        self.ns_must(name, ["ip", "link", "set", WIRE_IF, "up"], "wire port up")
         # The wire opens its two sockets in milliseconds; a bounded wait, not a sleep, makes that visible.
-        try:
-            started = self.exec(name, ["sh", "-c", f"until test -s {ready}; do sleep 0.02; done"], timeout=10)
-            problem = "" if started.exit_code == 0 else f"no {ready} after 10s"
-        except LabError as error:  # the wire exited, and its container with it
-            problem = str(error)
-        if problem:
+        if not self.wait_for_file(name, WIRE_READY, within=10):
+            problem = f"no {WIRE_READY} after 10s"
             with contextlib.suppress(docker.errors.APIError):
-                logs = self.container(name).get_wrapped_container().logs(tail=3).decode("utf-8", "replace")
-                problem = " | ".join([problem, *(line for line in logs.splitlines() if line.strip())])
+                wrapped = self.container(name).wrapped
+                wrapped.reload()
+                logs = wrapped.logs(tail=3).decode("utf-8", "replace")
+                problem = " | ".join(
+                    [problem, f"state {wrapped.status}", *(line for line in logs.splitlines() if line.strip())]
+                )
             raise SetupError(f"wire {name} did not start: {problem}")
 
     def _host_container(
         self, name: str, image: str | None, *, network: LabNetwork | None = None, ip: str | None = None
-    ) -> DockerContainer:
+    ) -> LabContainer:
         """A namespace holder: it only sleeps, so processes can join its network namespace."""
         return self._start_container(
             name,
@@ -240,35 +261,63 @@ class DockerLab(ContainerLab):
             cap_add=["NET_ADMIN"],
         )
 
+    def prestart_host(self, name: str, *, public: bool, image: str | None = None) -> None:
+        """Start a node's host container in the background, while its routers are built: `private_host` or
+        `public_host` with the same name then takes it. A public host gets its transit address now."""
+        if public:
+            transit = self.transit()
+            ip = transit.next_ip()
+            self.starting(name, lambda: self._host_container(name, image, network=transit, ip=ip))
+        else:
+            self.starting(name, lambda: self._host_container(name, image))
+
+    def _host(self, name: str, image: str | None, *, network: LabNetwork | None = None) -> tuple[LabContainer, str]:
+        """The host container `prestart_host` began, or a new one; with its transit address when public."""
+        with self._lock:
+            known = name in self._containers or self.is_pending(name)
+        if known:
+            container = self.container(name)
+            ip = ""
+            if network is not None:
+                container.wrapped.reload()
+                ip = container.wrapped.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+            return container, ip
+        ip = network.next_ip() if network is not None else ""
+        return self._host_container(name, image, network=network, ip=ip or None), ip
+
     def private_host(self, name: str, router: Router, *, image: str | None = None) -> Host:
         """A machine on `router`'s LAN: a namespace holder whose default route is the router."""
-        container = self._host_container(name, image)
+        container, _ = self._host(name, image)
         ip = nth_host(router.lan_subnet, 2)
         self._veth(router.name, LAN_IF, name, HOST_IF)
         self._address(router.name, LAN_IF, f"{router.lan_ip}/{router.lan_subnet.prefixlen}")
-        self._address(name, HOST_IF, f"{ip}/{router.lan_subnet.prefixlen}")
-        self.must(name, ["ip", "route", "replace", "default", "via", router.lan_ip], "default route")
+        self.ip_batch(
+            name,
+            [
+                f"addr add {ip}/{router.lan_subnet.prefixlen} dev {HOST_IF}",
+                f"link set {HOST_IF} up",
+                f"route replace default via {router.lan_ip}",
+            ],
+            "address and default route",
+        )
         return Host(name=name, container=container, ip=ip, gateway=router.lan_ip)
 
     def public_host(self, name: str, *, image: str | None = None) -> Host:
         """A machine directly on transit (the relay, an observer): no NAT in front of it."""
-        transit = self.transit()
-        ip = transit.next_ip()
-        container = self._host_container(name, image, network=transit, ip=ip)
+        container, ip = self._host(name, image, network=self.transit())
         self._small_segments(name, TRANSIT_IF)
         return Host(name=name, container=container, ip=ip, gateway=None)
 
     def process(
         self, name: str, host: Host, command: Sequence[str], env: Mapping[str, str], *, image: str
-    ) -> DockerContainer:
+    ) -> LabContainer:
         """Start a process container inside `host`'s network namespace."""
-        host_id = host.container.get_wrapped_container().id
         return self._start_container(
             name,
             image=image,
             role="process",
             command=command,
             env=env,
-            network_mode=f"container:{host_id}",
+            network_mode=f"container:{host.container.wrapped.id}",
             entrypoint=[],
         )
