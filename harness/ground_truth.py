@@ -76,6 +76,9 @@ def _port_of(flow: Flow, host: str) -> int | None:
     return next((port for h, port in sorted(flow.endpoints(), key=str) if h == host), None)
 
 
+Candidate = tuple[frozenset[Endpoint], list[Evidence], dict[str, str | int | None]]
+
+
 @dataclass
 class GroundTruth:
     """The `conntrack.established` check, made by the engine (or `verify`) from what the lab knows."""
@@ -93,32 +96,32 @@ class GroundTruth:
         if unknown:
             return _unverifiable(f"the lab knows no addresses of {', '.join(unknown)}")
         a, b = (self.sides[node] for node in between)
-        evidence: list[Evidence] = []
-        facts: dict[str, str | int | None] = {}
-        pairs = []
+        found = []
         for side, other in ((a, b), (b, a)):
-            outcome = self._side(side, other, not_before, evidence, facts)
-            if not isinstance(outcome, frozenset):
+            outcome = self._candidates(side, other, not_before)
+            if not isinstance(outcome, list):
                 return outcome
-            pairs.append(outcome)
-        if pairs[0] != pairs[1]:
-            shown = [" <-> ".join(sorted(_show(e) for e in pair)) for pair in pairs]
-            return Miss(NAME, f"{a.node}'s side saw {shown[0]}, {b.node}'s side saw {shown[1]}: not one flow", evidence)
-        facts["a"], facts["b"] = sorted(_show(e) for e in pairs[0])
-        return Hit(NAME, "conntrack", "established", facts, evidence, line=0, time=None)
+            found.append(outcome)
+        # Each side may hold several flows to the other (two public nodes dial each other): the direct path is
+        # a 4-tuple both sides witnessed, not any flow of each.
+        for pair, evidence_a, facts_a in found[0]:
+            for other_pair, evidence_b, facts_b in found[1]:
+                if pair == other_pair:
+                    facts: dict[str, str | int | None] = {**facts_a, **facts_b}
+                    facts["a"], facts["b"] = sorted(_show(e) for e in pair)
+                    return Hit(NAME, "conntrack", "established", facts, evidence_a + evidence_b, line=0, time=None)
+        shown = [" <-> ".join(sorted(_show(e) for e in candidates[0][0])) for candidates in found]
+        evidence = found[0][0][1] + found[1][0][1]
+        return Miss(NAME, f"{a.node}'s side saw {shown[0]}, {b.node}'s side saw {shown[1]}: not one flow", evidence)
 
-    def _side(
-        self,
-        side: Side,
-        other: Side,
-        not_before: float | None,
-        evidence: list[Evidence],
-        facts: dict[str, str | int | None],
-    ) -> frozenset[Endpoint] | Miss | Skip:
+    def _candidates(self, side: Side, other: Side, not_before: float | None) -> list[Candidate] | Miss | Skip:
+        """Every public 4-tuple this side's witnesses saw towards the other, with its evidence."""
         if not side.hops:
-            return self._sockets(side, other, not_before, evidence)
-        pair: frozenset[Endpoint] | None = None
-        for hop in side.hops:
+            return self._sockets(side, other, not_before)
+        inner: list[Evidence] = []
+        facts: dict[str, str | int | None] = {}
+        candidates: list[Candidate] = []
+        for index, hop in enumerate(side.hops):
             if hop.router not in self.tables:
                 return _unverifiable(f"no conntrack table was collected from {hop.router}")
             file, text = self.tables[hop.router]
@@ -135,17 +138,18 @@ class GroundTruth:
                 and (not_before is None or (f.ts or 0.0) >= not_before - self.skew)
             ]
             if not good:
-                return Miss(NAME, self._why_not(hop, other, between, not_before), evidence + self._near(file, between))
-            flow = good[0]
-            evidence.append(Evidence(file, flow.line, flow.text, note=hop.router))
+                return Miss(NAME, self._why_not(hop, other, between, not_before), inner + self._near(file, between))
             facts[f"{hop.router}.state"] = "ESTABLISHED ASSURED"
-            pair = frozenset({(hop.wan, _port_of(flow, hop.wan)), (other.public, _port_of(flow, other.public))})
-        assert pair is not None
-        return pair  # the outermost hop's: the public 4-tuple
+            if index < len(side.hops) - 1:  # an inner NAT layer: it must have seen the flow too
+                inner.append(Evidence(file, good[0].line, good[0].text, note=hop.router))
+                continue
+            for flow in good:  # the outermost hop's flows carry the public 4-tuples
+                pair = frozenset({(hop.wan, _port_of(flow, hop.wan)), (other.public, _port_of(flow, other.public))})
+                evidence = [*inner, Evidence(file, flow.line, flow.text, note=hop.router)]
+                candidates.append((pair, evidence, dict(facts)))
+        return candidates
 
-    def _sockets(
-        self, side: Side, other: Side, not_before: float | None, evidence: list[Evidence]
-    ) -> frozenset[Endpoint] | Miss | Skip:
+    def _sockets(self, side: Side, other: Side, not_before: float | None) -> list[Candidate] | Miss | Skip:
         if side.node not in self.sockets:
             return _unverifiable(f"no socket table of {side.node} (a node without NAT) was sampled")
         file, text = self.sockets[side.node]
@@ -155,10 +159,13 @@ class GroundTruth:
             if s.peer[0] == other.public and (not_before is None or s.ts >= not_before - self.skew)
         ]
         if not seen:
-            return Miss(NAME, f"{side.node}'s socket table shows no established connection to {other.public}", evidence)
-        socket = seen[0]
-        evidence.append(Evidence(file, socket.line, socket.text, note=f"{side.node} sockets"))
-        return frozenset({(side.public, socket.local[1]), socket.peer})
+            return Miss(NAME, f"{side.node}'s socket table shows no established connection to {other.public}")
+        candidates: dict[frozenset[Endpoint], Candidate] = {}
+        for socket in seen:  # the sampler repeats a socket every sample: keep its first line
+            pair = frozenset({(side.public, socket.local[1]), socket.peer})
+            evidence = [Evidence(file, socket.line, socket.text, note=f"{side.node} sockets")]
+            candidates.setdefault(pair, (pair, evidence, {}))
+        return list(candidates.values())
 
     def _why_not(self, hop: NatHop, other: Side, flows: Sequence[Flow], not_before: float | None) -> str:
         base = f"{hop.router} logged no ESTABLISHED, ASSURED TCP flow between {hop.wan} and {other.public}"

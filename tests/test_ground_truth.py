@@ -165,3 +165,16 @@ def test_a_side_without_nat_is_checked_on_its_socket_table() -> None:
     no_socket = GroundTruth(sides, {"client-router": ("c", flow)}, {"server": ("s", sockets.splitlines()[1])})
     assert "shows no established connection to <C>" in no_socket(["client", "server"], 2000.0).reason
     assert GroundTruth(sides, {"client-router": ("c", flow)})(["client", "server"], 2000.0).unverified
+
+
+def test_the_common_flow_is_found_among_several():
+    """Two public nodes dial each other: each side sees two connections, only one of which both sides saw.
+    Taking each side's first would report 'not one flow' for a real direct path."""
+    sockets_a = "[2001.0] 0 0 <A>:4012 <B>:50001\n[2001.1] 0 0 <A>:50002 <B>:4013\n"
+    sockets_b = "[2001.2] 0 0 <B>:4013 <A>:50002\n"
+    sides = {"a": Side("a", "<A>"), "b": Side("b", "<B>")}
+    check = GroundTruth(sides, {}, {"a": ("sa", sockets_a), "b": ("sb", sockets_b)})
+    hit = check(["a", "b"], 2000.0)
+    assert (hit.facts["a"], hit.facts["b"]) == ("<A>:50002", "<B>:4013")
+    only_other = GroundTruth(sides, {}, {"a": ("sa", sockets_a.splitlines()[0]), "b": ("sb", sockets_b)})
+    assert "not one flow" in only_other(["a", "b"], 2000.0).reason

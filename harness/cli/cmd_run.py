@@ -43,7 +43,7 @@ def run(
     ] = Path("reports"),
     run_id: Annotated[
         str | None,
-        typer.Option("--run-id", help="Name the run (default: random); attempt N's lab is labelled <run-id>aN."),
+        typer.Option("--run-id", help="Name the run (default: random); its labs are labelled <run-id>aN."),
     ] = None,
     inventory: Annotated[Path | None, typer.Option("--inventory", "-i", help="Ansible-format inventory (ssh).")] = None,
     accept_new_host_keys: Annotated[
@@ -52,7 +52,10 @@ def run(
             "--accept-new-host-keys", help="ssh: trust host keys not in known_hosts, for this run only (never changed)."
         ),
     ] = False,
-    poll: Annotated[float, typer.Option("--poll", help="Seconds between log polls while waiting.")] = 0.25,
+    poll: Annotated[
+        float | None,
+        typer.Option("--poll", help="Seconds between log polls while waiting (default: the runbook's poll)."),
+    ] = None,
 ) -> None:
     """Run RUNBOOK's scenarios; exit 0 when every verdict is as expected, 1 otherwise, 2 on bad input."""
     from harness.labels import new_run_id
