@@ -72,7 +72,7 @@ def test_matrix_section(tmp_path):
     text = render_markdown(record)
     assert "## NAT matrix (server \u00d7 client)" in text
     header = next(line for line in text.splitlines() if line.startswith("| server ↓"))
-    assert header.count("|") == 9  # 7 client columns + the row header
+    assert header.count("|") == 10  # 8 client columns (cgnat included) + the row header
 
 
 def test_junit_is_valid_xml_with_a_failure(tmp_path):

@@ -45,7 +45,7 @@ def test_phase4_scenarios_and_overrides():
 
 def test_matrix_expands_to_one_scenario_per_cell():
     runbook = load_runbook(RUNBOOKS / "matrix.yaml")
-    assert len(runbook.scenarios) == 49
+    assert len(runbook.scenarios) == 64
     cell = runbook.scenarios_by_id[matrix_scenario_id("symmetric", "symmetric")]
     assert cell.expect.verdict == ExpectedVerdict.relayed
     assert cell.markers == ["matrix", "slow"]

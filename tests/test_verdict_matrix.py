@@ -66,7 +66,7 @@ def test_wilson_interval():
 def test_matrix_grid_compares_expected_and_measured():
     runbook = load_runbook(RUNBOOKS / "matrix.yaml")
     rows = grid(runbook, {"matrix_none_x_none": ["direct"], "matrix_symmetric_x_symmetric": ["direct", "relayed"]})
-    assert len(rows) == 7 and all(len(r) == 7 for r in rows)
+    assert len(rows) == 8 and all(len(r) == 8 for r in rows)  # with cgnat as a row and a column
     cells = {c.scenario_id: c for row in rows for c in row}
     assert cells["matrix_none_x_none"].as_expected is True
     mixed = cells["matrix_symmetric_x_symmetric"]
