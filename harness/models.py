@@ -34,12 +34,23 @@ def nat_profile_names() -> tuple[str, ...]:
     return profile_names()
 
 
+class Link(Strict):
+    """The conditions of a node's WAN link (its outermost router's, or its own for a public node): one-way delay
+    and jitter in ms (jitter never reorders), and the percent of frames lost, each way. None: the run's default
+    delay (20 ms, `$DCUTR_LAB_WAN_DELAY_MS`)."""
+
+    delay_ms: float | None = Field(default=None, ge=0, le=10_000)
+    jitter_ms: float = Field(default=0.0, ge=0, le=10_000)
+    loss: float = Field(default=0.0, ge=0, lt=100)
+
+
 class Node(Strict):
-    """One node of a topology: its role, the SUT it runs and the NAT it sits behind."""
+    """One node of a topology: its role, the SUT it runs, the NAT it sits behind and its WAN link."""
 
     role: Role
     sut: str = "reference"
     nat_profile: str = Field(default="none", description="a preset name of harness.nat.profiles")
+    link: Link = Field(default_factory=Link)
 
 
 class Topology(Strict):

@@ -405,6 +405,25 @@ class AskStep(_NodeStep):
         return self.name or f"ask {self.node}: {self.request.get('action', next(iter(self.request.values())))}"
 
 
+class LinkStep(_NodeStep):
+    """Take a node's WAN link down or bring it back up (its outermost router's WAN; a public node's own), as a
+    real uplink drops: the lab records when, so a chain can require what must (not) happen while it was down."""
+
+    action: Literal["link"]
+    state: Literal["down", "up"]
+
+    def check(self, ctx: CheckContext, loc: Loc) -> None:
+        ctx.node(self.node, (*loc, "node"))
+
+    def run(self, ctx: RunContext) -> str | None:
+        ctx.backend.set_link(self.node, self.state == "up")
+        ctx.note(f"link_{self.state}", self.node)
+        return None
+
+    def summary(self) -> str:
+        return f"link of {self.node} {self.state}"
+
+
 class CollectStep(Strict):
     action: Literal["collect"]
 
@@ -443,6 +462,15 @@ class ExpectStep(Strict):
 
 
 Step = Annotated[
-    StartStep | WaitStep | WaitExitStep | RunStep | AskStep | StopStep | RestartStep | CollectStep | ExpectStep,
+    StartStep
+    | WaitStep
+    | WaitExitStep
+    | RunStep
+    | AskStep
+    | StopStep
+    | RestartStep
+    | LinkStep
+    | CollectStep
+    | ExpectStep,
     Field(discriminator="action"),
 ]

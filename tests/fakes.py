@@ -259,7 +259,8 @@ class FakeBackend:
     starts: dict[str, list[tuple[float, list[str], dict[str, str]]]] = field(default_factory=dict)
     stopped: dict[str, float] = field(default_factory=dict)
     execs: list[tuple[str, list[str]]] = field(default_factory=list)
-    api: dict[str, list[str]] = field(default_factory=dict)  # node -> the answers its API gives, in turn
+    api: dict[str, list[str]] = field(default_factory=dict)
+    links: list[tuple[str, bool, float]] = field(default_factory=list)  # node -> the answers its API gives, in turn
     provisioned: Topology | None = None
     closed: bool = False
     _past: dict[str, list[str]] = field(default_factory=dict)
@@ -310,6 +311,9 @@ class FakeBackend:
 
     def log_lines(self, node: str, start: int = 0) -> list[str]:
         return self._visible(node)[start:]
+
+    def set_link(self, node: str, up: bool) -> None:
+        self.links.append((node, up, self.clock.now))
 
     def exec(self, target: str, command: Sequence[str], timeout: float = 30.0) -> ExecResult:
         self.execs.append((target, list(command)))

@@ -277,3 +277,34 @@ def test_pongs_only_before_the_relay_stop_are_no_direct_session(phase4, tmp_path
     assert "0 of 3 lines" in result.first_missing.reason
     lab_log = (result.report_dir / "logs" / "lab.log").read_text()
     assert '"event": "stopped", "target": "relay"' in lab_log
+
+
+def test_a_link_step_takes_the_link_down_and_the_lab_says_when(phase4, tmp_path):
+    from harness.steps import LinkStep
+
+    down, up = LinkStep(action="link", node="client", state="down"), LinkStep(action="link", node="client", state="up")
+    steps = [*phase4.steps[:-2], down, up, *phase4.steps[-2:]]
+    backend = lab()
+    result, _ = _run(phase4.model_copy(update={"steps": steps}), "mixed_nat", backend, tmp_path)
+    assert [(node, is_up) for node, is_up, _ in backend.links] == [("client", False), ("client", True)]
+    events = [json.loads(line)["event"] for line in (result.report_dir / "logs" / "lab.log").read_text().splitlines()]
+    assert events[-2:] == ["link_down", "link_up"]
+
+
+def test_link_conditions_per_node_reach_the_topology(tmp_path):
+    import yaml
+
+    data = yaml.safe_load(PHASE4.read_text())
+    data["nodes"]["client"]["link"] = {"delay_ms": 0, "loss": 1.5}
+    data["scenarios"][0]["nodes"] = {"server": {"link": {"delay_ms": 50, "jitter_ms": 10}}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    runbook = load_runbook(path)
+    nodes = runbook.topology(runbook.scenarios[0]).nodes
+    assert (nodes["client"].link.delay_ms, nodes["client"].link.loss) == (0, 1.5)
+    assert (nodes["server"].link.delay_ms, nodes["server"].link.jitter_ms) == (50, 10)
+    assert nodes["relay"].link.delay_ms is None  # the run's default
+    data["nodes"]["client"]["link"] = {"loss": 100}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(BadInput, match="nodes.client.link.loss"):
+        load_runbook(path)

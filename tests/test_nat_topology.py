@@ -37,7 +37,9 @@ class RecordingLab:
     def image(self, kind: str) -> str:
         return f"image-{kind}"
 
-    def router(self, name, nat_profile, *, upstream=None, wan_delay_ms=0.0, wan_loss=0.0) -> FakeRouter:
+    def router(
+        self, name, nat_profile, *, upstream=None, wan_delay_ms=0.0, wan_loss=0.0, wan_jitter_ms=0.0
+    ) -> FakeRouter:
         self.calls.append(("router", name))
         return FakeRouter(name, nat_profile, upstream, wan_delay_ms, wan_loss)
 

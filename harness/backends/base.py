@@ -73,6 +73,9 @@ class Backend(Protocol):
     def log_lines(self, node: str, start: int = 0) -> list[str]:
         """The node's log (stdout and stderr, in order) from line index `start`; raw, unsanitised."""
 
+    def set_link(self, node: str, up: bool) -> None:
+        """Take the node's WAN link down or bring it up (a `link` step); LabError where the backend cannot."""
+
     def exec(self, target: str, command: Sequence[str], timeout: float = 30.0) -> ExecResult:
         """Run a command on a node or on a router (`<node>-router`, `<node>-carrier`)."""
 

@@ -67,6 +67,7 @@ class NatLab(Protocol[RouterT, HostT]):
         upstream: RouterT | None = None,
         wan_delay_ms: float = 0.0,
         wan_loss: float = 0.0,
+        wan_jitter_ms: float = 0.0,
     ) -> RouterT:
         """One NAT router with a fresh LAN; its WAN on transit, or on `upstream`'s LAN."""
 
@@ -102,10 +103,12 @@ def router_chain(
     *,
     wan_delay_ms: float = 0.0,
     wan_loss: float = 0.0,
+    wan_jitter_ms: float = 0.0,
 ) -> list[RouterT]:
     """Build the routers in front of `node`, outermost first; return them innermost first (empty: public).
 
-    `wan_delay_ms` and `wan_loss` shape the outermost hop's WAN link only; the hops behind it get none.
+    `wan_delay_ms`, `wan_jitter_ms` and `wan_loss` shape the outermost hop's WAN link only; the hops behind it
+    get none.
     """
     upstream: RouterT | None = None
     built: list[RouterT] = []
@@ -117,6 +120,7 @@ def router_chain(
             upstream=upstream,
             wan_delay_ms=wan_delay_ms if outermost else 0.0,
             wan_loss=wan_loss if outermost else 0.0,
+            wan_jitter_ms=wan_jitter_ms if outermost else 0.0,
         )
         built.append(upstream)
     return built[::-1]

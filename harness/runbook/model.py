@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from harness.durations import Seconds
-from harness.models import ExpectedVerdict, Node, RateBand, Role, ScenarioExpect, Strict, Topology
+from harness.models import ExpectedVerdict, Link, Node, RateBand, Role, ScenarioExpect, Strict, Topology
 from harness.steps import ExpectStep, Step
 
 DEFAULT_POLL = 0.25  # seconds between a wait's looks at the logs, unless the runbook or the caller says
@@ -24,14 +24,16 @@ class RunbookNode(Strict):
     nat_profile: str = "none"
     env: dict[str, str] = Field(default_factory=dict)
     args: list[str] = Field(default_factory=list)
+    link: Link = Field(default_factory=Link)
 
-    def topology_node(self, nat_profile: str | None = None) -> Node:
-        return Node(role=self.role, sut=self.sut, nat_profile=nat_profile or self.nat_profile)
+    def topology_node(self, nat_profile: str | None = None, link: Link | None = None) -> Node:
+        return Node(role=self.role, sut=self.sut, nat_profile=nat_profile or self.nat_profile, link=link or self.link)
 
 
 class NodeOverride(Strict):
     nat_profile: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    link: Link | None = None
 
 
 class Scenario(Strict):
@@ -155,11 +157,12 @@ class Runbook(Strict):
         return {s.id: s for s in self.scenarios}
 
     def topology(self, scenario: Scenario | None = None) -> Topology:
-        """The topology a scenario runs on: the runbook's nodes with the scenario's NAT overrides."""
+        """The topology a scenario runs on: the runbook's nodes with the scenario's NAT and link overrides."""
         overrides = scenario.nodes if scenario else {}
+        empty = NodeOverride()
         return Topology(
             nodes={
-                name: node.topology_node(overrides[name].nat_profile if name in overrides else None)
+                name: node.topology_node(overrides.get(name, empty).nat_profile, overrides.get(name, empty).link)
                 for name, node in self.nodes.items()
             }
         )

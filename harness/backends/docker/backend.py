@@ -43,9 +43,9 @@ import docker.errors
 from harness.backends.artefacts import write_addresses, write_conntrack
 from harness.backends.base import ExecResult, NodeAddresses, SanitiseHints
 from harness.backends.docker.lab import ImageResolver, LabContainer
-from harness.backends.docker.wiring import DockerLab, Host, Router, default_wan_delay_ms
+from harness.backends.docker.wiring import HOST_IF, DockerLab, Host, Router, default_wan_delay_ms
 from harness.errors import BadInput, SetupError
-from harness.models import Role, Topology
+from harness.models import Node, Role, Topology
 from harness.nat.profiles import get_profile
 from harness.nat.topology import node_host, router_chain, router_hops
 
@@ -165,22 +165,27 @@ class DockerBackend:
         try:
             self.lab.transit()
             self.lab.parallel(
-                [
-                    lambda name=name, node=node: self._provision_node(name, node.role, node.nat_profile)
-                    for name, node in topology.nodes.items()
-                ]
+                [lambda name=name, node=node: self._provision_node(name, node) for name, node in topology.nodes.items()]
             )
         except BaseException:
             self.close()
             raise
-        self._topology.update({name: (n.role, n.sut, n.nat_profile) for name, n in topology.nodes.items()})
+        self._topology.update({name: (n.role, n.sut, n.nat_profile, n.link) for name, n in topology.nodes.items()})
         self.attempts = 1
 
-    def _provision_node(self, name: str, role: Role, nat_profile: str) -> None:
+    def _provision_node(self, name: str, node: Node) -> None:
+        role, nat_profile, link = node.role, node.nat_profile, node.link
         runtime = NodeRuntime(name=name, role=role, nat_profile=nat_profile)
         self._nodes[name] = runtime
         self.lab.prestart_host(name, public=not router_hops(nat_profile))
-        runtime.routers = router_chain(self.lab, name, nat_profile, wan_delay_ms=self.wan_delay_ms)
+        runtime.routers = router_chain(
+            self.lab,
+            name,
+            nat_profile,
+            wan_delay_ms=self.wan_delay_ms if link.delay_ms is None else link.delay_ms,
+            wan_jitter_ms=link.jitter_ms,
+            wan_loss=link.loss,
+        )
         self.lab.parallel(
             [lambda router=router: self._record_conntrack_events(router.name) for router in runtime.routers]
         )
@@ -268,7 +273,8 @@ class DockerBackend:
         """Make the provisioned topology ready for another attempt, as if it were new (see the module doc).
 
         Only the same topology can be reset to: anything else is a different lab."""
-        wanted = {name: (n.role, n.sut, n.nat_profile) for name, n in topology.nodes.items()}
+        # Link conditions are the wires' own settings: a topology with other ones is another lab.
+        wanted = {name: (n.role, n.sut, n.nat_profile, n.link) for name, n in topology.nodes.items()}
         if wanted != self._topology:
             raise BadInput(f"lab {self.run_id} was provisioned for another topology; reset needs the same one")
         nodes = list(self._nodes.values())
@@ -360,6 +366,12 @@ class DockerBackend:
     def log_lines(self, node: str, start: int = 0) -> list[str]:
         runtime = self._node(node)
         return (runtime.past_logs + self._current_lines(runtime))[start:]
+
+    def set_link(self, node: str, up: bool) -> None:
+        """The node's WAN link down or up: its outermost router's WAN interface, or a public node's own."""
+        runtime = self._node(node)
+        target, ifname = (runtime.routers[-1].name, runtime.routers[-1].wan_if) if runtime.routers else (node, HOST_IF)
+        self.lab.must(target, ["ip", "link", "set", ifname, "up" if up else "down"], f"link {'up' if up else 'down'}")
 
     def exec(self, target: str, command: Sequence[str], timeout: float = 30.0) -> ExecResult:
         return self.lab.exec(target, command, timeout=timeout)

@@ -435,6 +435,10 @@ class SshBackend:
                 state.feed(data)
         return state.lines[start:]
 
+    def set_link(self, node: str, up: bool) -> None:
+        # A real machine's uplink is not ours to take down: cutting it would cut our own SSH session too.
+        raise LabError(f"the SSH backend cannot take {node}'s link {'up' if up else 'down'}: a link step needs Docker")
+
     def exec(self, target: str, command: Sequence[str], timeout: float = 30.0) -> ExecResult:
         if target in self._nodes:
             alias, sudo = self._nodes[target].host, False
