@@ -306,5 +306,5 @@ def test_link_conditions_per_node_reach_the_topology(tmp_path):
     assert nodes["relay"].link.delay_ms is None  # the run's default
     data["nodes"]["client"]["link"] = {"loss": 100}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    with pytest.raises(BadInput, match="nodes.client.link.loss"):
+    with pytest.raises(BadInput, match=r"nodes\.client\.link\.loss"):
         load_runbook(path)
