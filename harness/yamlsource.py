@@ -58,6 +58,9 @@ def pydantic_message(error: Mapping[str, Any]) -> str:
     loc = error.get("loc", ())
     if kind == "extra_forbidden":
         return f"unknown key {loc[-1]!r}" if loc else "unknown key"
+    if kind == "union_tag_invalid":  # a step's `action`
+        ctx = error.get("ctx", {})
+        return f"unknown action {ctx.get('tag')!r} (known: {ctx.get('expected_tags')})"
     if kind == "missing":
         return "required field missing"
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ").removeprefix("Assertion failed, ")

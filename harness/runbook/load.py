@@ -29,7 +29,7 @@ from harness.sut import (
     pseudo_node,
 )
 from harness.templating import TemplateError, is_template, referenced_paths
-from harness.yamlsource import YamlSource, format_loc, load_yaml
+from harness.yamlsource import YamlSource, format_loc, load_yaml, pydantic_message
 
 
 def load_runbook(path: Path) -> Runbook:
@@ -44,20 +44,6 @@ def load_runbook(path: Path) -> Runbook:
         raise source.error(tuple(first["loc"]), pydantic_message(first)) from None
     validate_runbook(runbook, source)
     return runbook
-
-
-def pydantic_message(error: Mapping[str, Any]) -> str:
-    kind = error.get("type", "")
-    loc = error.get("loc", ())
-    if kind == "extra_forbidden":
-        return f"unknown key {loc[-1]!r}" if loc else "unknown key"
-    if kind == "union_tag_invalid":
-        ctx = error.get("ctx", {})
-        return f"unknown action {ctx.get('tag')!r} (known: {ctx.get('expected_tags')})"
-    if kind == "missing":
-        return "required field missing"
-    message = str(error.get("msg", "invalid"))
-    return message.removeprefix("Value error, ")
 
 
 def unknown(what: str, value: str, known: Sequence[str] | Mapping[str, Any]) -> str:

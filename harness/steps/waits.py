@@ -1,0 +1,103 @@
+"""Waits: for a checkpoint on a node's log, or for a node's process to end; each with a deadline."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from harness.chains import bind, split_ref
+from harness.checkpoints import Hit, find, norm
+from harness.durations import PositiveSeconds
+from harness.models import FactValue, Strict
+from harness.steps.context import CheckContext, Loc, RunContext, StepFailed
+from harness.steps.nodes import _NodeStep
+
+
+class WaitStep(Strict):
+    """Wait until a checkpoint is met on its node, or fail at the deadline.
+
+    Waits on one node are ordered: a wait only accepts a line after the one the node's previous wait matched
+    (and after the node's latest start), as the verdict's chain will. Otherwise an earlier look-alike (the
+    relay's `P2P Connected`) satisfies a wait for the direct one, the run collects before the real line is
+    written, and the verdict misses what the wait claimed.
+    """
+
+    action: Literal["wait"]
+    checkpoint: str
+    within: PositiveSeconds
+    where: dict[str, FactValue] = Field(default_factory=dict)
+
+    def check(self, ctx: CheckContext, loc: Loc) -> None:
+        definition = ctx.checkpoint(self.checkpoint, (*loc, "checkpoint"))
+        node, _ = split_ref(self.checkpoint)
+        if node not in ctx.started:
+            raise ctx.fail((*loc, "checkpoint"), f"node {node!r} is not started by an earlier step")
+        ctx.templates(list(self.where.values()), (*loc, "wait"))
+        assert definition is not None  # a wait names a log checkpoint, never conntrack (checked above)
+        ctx.provide(self.checkpoint, definition)
+
+    def run(self, ctx: RunContext) -> str | None:
+        node, checkpoint = split_ref(self.checkpoint)
+        log = ctx.logs[node]
+        # Compare sanitised to sanitised: a rendered address was restored for the node, not for matching.
+        expected = {
+            key: ctx.sanitise(norm(ctx.render(value) if isinstance(value, str) else value))
+            for key, value in self.where.items()
+        }
+        deadline = ctx.now() + self.within
+
+        after = max(log.session_start, ctx.waited.get(node, 0))
+
+        def met() -> Hit | str:
+            outcome = find(log, checkpoint, expected=expected, after_line=after)
+            if isinstance(outcome, Hit):
+                bind(ctx.namespace, outcome)
+                ctx.waited[node] = outcome.line
+                return outcome
+            return outcome.reason
+
+        while True:
+            ctx.pull()
+            outcome = met()
+            if isinstance(outcome, Hit):
+                return f"{outcome.evidence[0].ref} after {ctx.now():.1f}s"
+            code = ctx.backend.exit_code(node)
+            if code is not None:
+                ctx.pull([node])  # what it printed on its way out
+                outcome = met()
+                if isinstance(outcome, Hit):
+                    return f"{outcome.evidence[0].ref} after {ctx.now():.1f}s"
+                raise StepFailed(f"{node} exited with code {code} before {self.checkpoint}: {outcome}")
+            if ctx.now() >= deadline:
+                tail = "; last lines: " + " | ".join(line.text[-160:] for line in log.lines[-3:]) if log.lines else ""
+                raise StepFailed(f"{self.checkpoint} not met within {self.within:g}s: {outcome}{tail}")
+            ctx.sleep(ctx.poll_interval)
+
+    def summary(self) -> str:
+        return f"wait {self.checkpoint} within {self.within:g}s"
+
+
+class WaitExitStep(_NodeStep):
+    """Wait until a node's process ends; `code` (when given) is the exit code it must end with."""
+
+    action: Literal["wait_exit"]
+    within: PositiveSeconds
+    code: int | None = None
+
+    def run(self, ctx: RunContext) -> str | None:
+        deadline = ctx.now() + self.within
+        while True:
+            ctx.pull()
+            code = ctx.backend.exit_code(self.node)
+            if code is not None:
+                ctx.pull()
+                if self.code is not None and code != self.code:
+                    raise StepFailed(f"{self.node} exited with code {code}, expected {self.code}")
+                return f"{self.node} exited with code {code} after {ctx.now():.1f}s"
+            if ctx.now() >= deadline:
+                raise StepFailed(f"{self.node} still running after {self.within:g}s")
+            ctx.sleep(ctx.poll_interval)
+
+    def summary(self) -> str:
+        return f"wait for {self.node} to exit within {self.within:g}s"
