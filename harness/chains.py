@@ -76,7 +76,7 @@ def evaluate_chain(
     last_line: dict[str, int] = {}
     last_time: float | None = None
     for index, item in enumerate(chain):
-        outcome = _evaluate_item(item, logs, namespace, last_line, last_time, clock_skew, conntrack, result.hits)
+        outcome, also = _evaluate_item(item, logs, namespace, last_line, last_time, clock_skew, conntrack, result.hits)
         result.items.append(outcome)
         if isinstance(outcome, Miss):
             result.not_reached = [later.label for later in chain[index + 1 :]]
@@ -87,6 +87,8 @@ def evaluate_chain(
             if outcome.time is not None:
                 last_time = outcome.time if last_time is None else max(last_time, outcome.time)
             bind(namespace, outcome)
+            for other in also:  # alternatives that happened too are facts a later item may name, nothing more
+                namespace.setdefault(other.node, {})[other.checkpoint] = dict(other.facts)
     return result
 
 
@@ -99,7 +101,8 @@ def _evaluate_item(
     clock_skew: float,
     conntrack: ConntrackCheck | None,
     hits_so_far: Sequence[Hit] = (),
-) -> Hit | Miss | Skip:
+) -> tuple[Hit | Miss | Skip, list[Hit]]:
+    """The item's outcome, and the other alternatives that were met as well (they lost the race)."""
     hits: list[Hit] = []
     misses: list[Miss] = []
     skips: list[Skip] = []
@@ -147,15 +150,16 @@ def _evaluate_item(
             skips.append(outcome)
     if hits:
         # Alternatives race: the one that happened first is the one that counts.
-        return min(hits, key=lambda h: (h.time is None, h.time or 0.0, h.line))
+        first = min(hits, key=lambda h: (h.time is None, h.time or 0.0, h.line))
+        return first, [hit for hit in hits if hit is not first]
     if misses:
         if len(misses) == 1:
-            return misses[0]
+            return misses[0], []
         return Miss(
             item.label,
             "none of: " + "; ".join(f"{m.name}: {m.reason}" for m in misses),
             [e for m in misses for e in m.evidence][:4],
-        )
+        ), []
     if len(skips) == 1:
-        return skips[0]
-    return Skip(item.label, "; ".join(s.reason for s in skips), unverified=any(s.unverified for s in skips))
+        return skips[0], []
+    return Skip(item.label, "; ".join(s.reason for s in skips), unverified=any(s.unverified for s in skips)), []

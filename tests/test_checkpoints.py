@@ -149,8 +149,8 @@ def test_kaspad_bridge_direct_after_a_failed_attempt(with_conntrack):
     # The logs hold (every log checkpoint met), but these tables are `conntrack -L` output without event times:
     # nothing shows the flow came from this punch, so the verdict is unverified, never direct.
     assert outcome.verdict == Verdict.unverified
-    dcutr = next(h for h in outcome.direct.hits if h.checkpoint == "dcutr_direct")
-    assert dcutr.facts["connection_id"] == "26"  # the retry, not the AttemptsExceeded(3) before it
+    streams = {h.node: h.facts["connection_id"] for h in outcome.direct.hits if h.checkpoint == "dcutr_stream"}
+    assert streams == {"client": "26", "server": "31"}  # A's retry, not the AttemptsExceeded(3) before it
     last = outcome.direct.items[-1]
     expected = "has no conntrack event times" if with_conntrack else "no router tables were collected"
     assert expected in last.reason

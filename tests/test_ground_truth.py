@@ -100,6 +100,37 @@ def test_a_handshake_on_another_connection_is_not_direct(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("node", "stream", "missing"),
+    [
+        ("client", "req_id=ConnectionId(5)", "client.dcutr_stream | client.inbound_direct_stream"),
+        ("server", "req_id=ConnectionId(6)", "server.dcutr_stream | server.inbound_direct_stream"),
+    ],
+)
+def test_a_kaspad_session_on_another_connection_than_the_punched_one_is_not_direct(
+    tmp_path, node, stream, missing
+) -> None:
+    """Each side's Kaspa stream must be on the connection its own DCUtR success named: moving the stream to
+    another connection id (the doctored log still says `path: Direct`) breaks the chain on that side."""
+    base = _copy(tmp_path, "kaspad-bridge/pass")
+    _edit(base / f"{node}.log", lambda line: line.replace(stream, "req_id=ConnectionId(2)"))
+    outcome = _verdict(base, "kaspad-bridge", KASPAD)
+    assert outcome.verdict != Verdict.direct and outcome.first_missing.name == missing
+
+
+def test_a_kaspad_path_direct_line_without_a_direct_stream_is_not_direct(tmp_path) -> None:
+    """Any `path: Direct` line is not enough: with no stream of the client's on a non-circuit connection to B
+    (here every such stream line rewritten as a circuit's), the handshake lines alone do not make it direct."""
+    base = _copy(tmp_path, "kaspad-bridge/pass")
+    _edit(
+        base / "client.log",
+        lambda line: re.sub(r"address: (/ip4/<SERVER_NAT_IP>/tcp/\d+)/p2p/", r"address: \1/p2p/R/p2p-circuit/p2p/", line),
+    )
+    outcome = _verdict(base, "kaspad-bridge", KASPAD)
+    assert outcome.verdict != Verdict.direct
+    assert outcome.first_missing.name == "client.dcutr_stream | client.inbound_direct_stream"
+
+
+@pytest.mark.parametrize(
     ("fixture", "sut", "public"),
     [("reference/pass", "reference", REFERENCE), ("kaspad-bridge/pass", "kaspad-bridge", KASPAD)],
 )

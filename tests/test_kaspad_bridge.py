@@ -39,13 +39,21 @@ def test_every_checkpoint_of_the_pass_is_met() -> None:
         "server.reservation_accepted",
         "client.relayed_connection",
         "relay.circuit_accepted",
-        "client.dcutr_direct",
+        "server.dcutr_direct",  # either side's DCUtR success: B's came first on this run
+        "client.dcutr_stream",
         "client.handshake_direct",
         "client.handshake_ready",
+        "server.dcutr_stream",
+        "server.handshake_direct",
+        "server.handshake_ready",
         "conntrack.established",
     ]
     facts = {hit.name: hit.facts for hit in outcome.direct.hits}
-    server_id = facts["client.dcutr_direct"]["remote_peer_id"]
+    server_id = facts["client.dcutr_stream"]["peer_id"]
+    assert facts["server.dcutr_direct"]["remote_peer_id"] == facts["server.dcutr_stream"]["peer_id"]
+    # each side's session stream is on the connection its own DCUtR success named (A's: ConnectionId(5))
+    assert facts["server.dcutr_stream"]["connection_id"] == facts["server.dcutr_direct"]["connection_id"] == "6"
+    assert facts["client.dcutr_stream"]["connection_id"] == "5"
     assert facts["client.handshake_direct"]["peer_id"] == server_id
     assert facts["relay.circuit_accepted"]["dst_peer_id"] == server_id
     assert not str(facts["relay.listening"]["addr"]).startswith("/ip4/127.")  # the transit address
@@ -59,7 +67,8 @@ def test_the_pass_without_router_tables_has_no_ground_truth() -> None:
 def test_the_symmetric_control_is_relayed_and_misses_dcutr() -> None:
     outcome = _verify("control").outcome
     assert outcome.verdict == Verdict.relayed
-    assert outcome.first_missing is not None and outcome.first_missing.name == "client.dcutr_direct"
+    assert outcome.first_missing is not None
+    assert outcome.first_missing.name == "client.dcutr_direct | server.dcutr_direct"
 
 
 @pytest.mark.parametrize(("name", "path"), [("pass", "direct"), ("control", "relay")])
@@ -69,7 +78,7 @@ def test_the_helper_api_answers_say_the_same(name: str, path: str) -> None:
     assert json.loads(answers[0]["answer"]) == {"msg": "dial successful", "ok": True}
     if name == "pass":
         peers = json.loads(answers[-1]["answer"])["peers"]
-        server = _verify("pass").outcome.direct.hits[4].facts["remote_peer_id"]
+        server = _verify("pass").outcome.direct.hits[5].facts["peer_id"]
         assert next(p for p in peers if p["peer_id"] == server)["path"] == path
 
 
