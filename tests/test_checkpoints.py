@@ -76,7 +76,7 @@ def test_poc_phase4_was_relayed_the_punch_timed_out():
     outcome = _poc("poc-phase4").outcome
     assert outcome.verdict == Verdict.relayed
     missing = outcome.first_missing
-    assert missing.name == "client.dcutr_direct"
+    assert missing.name == "client.direct_connection"  # no connection to the server but the circuit
     notes = [e.note for e in missing.evidence]
     assert "hint: hole_punch_dial_failed" in notes and "hint: hole_punch_attempt" in notes
     met = [h.name for h in outcome.relayed.hits]
@@ -92,6 +92,35 @@ def test_poc_phase5_punched_but_kaspa_stayed_on_the_relay():
     assert any("handshake_relayed" in e.note for e in outcome.first_missing.evidence)
     dcutr = next(h for h in outcome.direct.hits if h.checkpoint == "dcutr_direct")
     assert dcutr.facts["connection_id"] == "4"
+
+
+def test_poc_handshake_tied_to_the_punched_connection(tmp_path):
+    """Phase 5 doctored to claim `relay=false`: the handshake's address is still the circuit's, not the one the
+    punched connection had, so the direct chain breaks there; with the punched address it holds (logs only)."""
+    import shutil
+
+    base = tmp_path / "poc"
+    shutil.copytree(FIXTURES / "poc-phase5", base)
+    client = base / "client.log"
+    text = client.read_text()
+    client.write_text(text.replace(" relay=true", " relay=false"))
+    outcome = verify_logs(discover_logs(base), "rusty-kaspa-poc").outcome
+    assert outcome.verdict != Verdict.direct
+    assert outcome.first_missing.name == "client.handshake_direct"
+    assert "remote_addr" in outcome.first_missing.reason
+    circuit = "/ip4/127.0.0.1/tcp/4011/p2p/12D3KooWR2KSRQWyanR1dPvnZkXt296xgf3FFn8135szya3zYYwY/p2p-circuit"
+    punched = text.replace(" relay=true", " relay=false").replace(
+        f"addr={circuit}/p2p/12D3KooWGmakV4jeKDg5eqt7Cwah8w95cGgDEA2vPM1GcJFxyHXg",
+        "addr=/ip4/127.0.0.1/tcp/4100/p2p/12D3KooWGmakV4jeKDg5eqt7Cwah8w95cGgDEA2vPM1GcJFxyHXg",
+    )
+    assert punched != text.replace(" relay=true", " relay=false")
+    client.write_text(punched)
+    outcome = verify_logs(discover_logs(base), "rusty-kaspa-poc").outcome
+    assert [h.name for h in outcome.direct.hits][4:7] == [
+        "client.direct_connection",
+        "client.dcutr_direct",
+        "client.handshake_direct",
+    ]
 
 
 def test_evidence_points_at_the_sanitised_line():

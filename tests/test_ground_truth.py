@@ -121,10 +121,8 @@ def test_a_kaspad_path_direct_line_without_a_direct_stream_is_not_direct(tmp_pat
     """Any `path: Direct` line is not enough: with no stream of the client's on a non-circuit connection to B
     (here every such stream line rewritten as a circuit's), the handshake lines alone do not make it direct."""
     base = _copy(tmp_path, "kaspad-bridge/pass")
-    _edit(
-        base / "client.log",
-        lambda line: re.sub(r"address: (/ip4/<SERVER_NAT_IP>/tcp/\d+)/p2p/", r"address: \1/p2p/R/p2p-circuit/p2p/", line),
-    )
+    as_circuit = r"address: \1/p2p/R/p2p-circuit/p2p/"
+    _edit(base / "client.log", lambda line: re.sub(r"address: (/ip4/<SERVER_NAT_IP>/tcp/\d+)/p2p/", as_circuit, line))
     outcome = _verdict(base, "kaspad-bridge", KASPAD)
     assert outcome.verdict != Verdict.direct
     assert outcome.first_missing.name == "client.dcutr_stream | client.inbound_direct_stream"
