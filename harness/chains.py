@@ -12,7 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from harness.checkpoints import ADDRESS_FACTS, ChainResult, Hit, Miss, NodeLog, Skip, find, node_facts, norm
+from harness.checkpoints import (
+    ADDRESS_FACTS,
+    ChainResult,
+    Evidence,
+    Hit,
+    Miss,
+    NodeLog,
+    Skip,
+    find,
+    node_facts,
+    norm,
+)
 from harness.models import ChainItem, FactValue
 from harness.sut import CONNTRACK, find_checkpoint
 from harness.templating import TemplateError, is_template, referenced_paths, render
@@ -120,6 +131,8 @@ def _evaluate_item(
         elif node not in logs:
             misses.append(Miss(alternative.checkpoint, f"no log for node {node!r}"))
             continue
+        elif alternative.absent:
+            outcome = _absent(alternative, logs[node], namespace, last_line.get(node, 0), last_time)
         else:
             log = logs[node]
             if alternative.optional and find_checkpoint(log.sut, checkpoint, log.role) is None:
@@ -163,3 +176,28 @@ def _evaluate_item(
     if len(skips) == 1:
         return skips[0], []
     return Skip(item.label, "; ".join(s.reason for s in skips), unverified=any(s.unverified for s in skips)), []
+
+
+def _absent(
+    item: ChainItem, log: NodeLog, namespace: Mapping[str, Any], after_line: int, since: float | None
+) -> Hit | Miss:
+    """An item that must not happen: no line of its checkpoint (with its facts) after `after_line`, and a log
+    that goes on for `hold` seconds after `since`, so that a log which merely ended early cannot pass."""
+    _node, checkpoint = split_ref(item.checkpoint or "")
+    label = item.label
+    try:
+        expected = _expected(item.where, namespace)
+    except TemplateError as error:
+        return Miss(label, f"cannot evaluate its facts: {error}")
+    found = find(log, checkpoint, expected=expected, after_line=after_line)
+    if isinstance(found, Hit):
+        return Miss(label, f"it happened: {found.evidence[0].ref}", found.evidence[:1])
+    timed = [line for line in log.lines if line.number > after_line and line.time is not None]
+    last = timed[-1] if timed else None
+    if item.hold is not None:
+        covered = None if last is None or since is None else last.time - since
+        if covered is None or covered < item.hold:
+            said = "no timed line" if covered is None else f"{covered:.1f}s"
+            return Miss(label, f"{log.file} goes on for {said} after the previous checkpoint, {item.hold:g}s needed")
+    evidence = [Evidence(log.file, last.number, last.text, note="the log goes on to here without it")] if last else []
+    return Hit(label, log.node, checkpoint, {"absent": True}, evidence, line=after_line, time=None)

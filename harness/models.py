@@ -294,6 +294,12 @@ class ChainItem(Strict):
     )
     count: int = Field(default=1, ge=1, description="the checkpoint must be met on this many distinct lines")
     optional: bool = Field(default=False, description="skipped when the node's SUT does not define it")
+    absent: bool = Field(
+        default=False,
+        description="met when the checkpoint does NOT happen on its node after that node's previous item (a session "
+        "that must not end); `hold` says how long the node's log must go on after the previous item to tell",
+    )
+    hold: Seconds | None = Field(default=None, description="absent only: the log must cover this long, or it misses")
 
     @model_validator(mode="after")
     def _one_kind(self) -> ChainItem:
@@ -302,6 +308,10 @@ class ChainItem(Strict):
         if self.any_of is not None and any(alt.any_of for alt in self.any_of):
             raise ValueError("'any_of' alternatives cannot nest another 'any_of'")
         ground = self.checkpoint == "conntrack.established"
+        if self.absent and (self.any_of is not None or ground or self.count != 1):
+            raise ValueError("'absent' takes one checkpoint of a node's log (no any_of, count or conntrack)")
+        if self.hold is not None and not self.absent:
+            raise ValueError("'hold' belongs to an 'absent' item")
         if (self.between or self.since) and not ground:
             raise ValueError("'between' and 'since' belong to conntrack.established only")
         if ground and (len(self.between) != 2 or not self.since):
@@ -316,6 +326,8 @@ class ChainItem(Strict):
 
     @property
     def label(self) -> str:
+        if self.absent:
+            return f"no {self.checkpoint}"
         return " | ".join(alt.checkpoint or "" for alt in self.alternatives())
 
 

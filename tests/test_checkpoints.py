@@ -276,6 +276,42 @@ def test_any_of_takes_the_first_alternative_met_and_count():
     assert "5 of 6 lines" in evaluate_chain([too_many], logs).first_missing.reason
 
 
+def test_an_absent_item_holds_only_while_nothing_happens_and_the_log_goes_on():
+    """`absent`: the session must not end after the handshake, and the log must cover `hold` seconds to say so."""
+    events = [
+        _ev(1, "handshake_complete", peer_id=SERVER_ID, relayed=False, connection_id=4),
+        _ev(2, "kaspa_pong", connection_id=4),
+        _ev(9, "kaspa_pong", connection_id=4),
+    ]
+    handshake = ChainItem(checkpoint="client.handshake_direct", where={"peer_id": SERVER_ID})
+
+    def chain(hold: float):
+        lost = {"checkpoint": "client.session_lost", "absent": True, "hold": hold}
+        return [handshake, ChainItem.model_validate({**lost, "where": {"connection_id": "4"}})]
+
+    logs = {"client": _json_log("client", Role.client, events)}
+    result = evaluate_chain(chain(5), logs)
+    assert result.complete and result.hits[-1].name == "no client.session_lost"
+    assert result.hits[-1].evidence[0].line == 3  # the log went on to here without it
+    short = evaluate_chain(chain(10), logs).first_missing  # 8 s of log after the handshake: not enough for 10
+    assert short.name == "no client.session_lost" and "8.0s" in short.reason
+    logs["client"].append([json.dumps(_ev(10, "session_lost", connection_id=4, relayed=False))])
+    ended = evaluate_chain(chain(5), logs).first_missing  # the negative control: it happened
+    assert ended.name == "no client.session_lost" and "it happened: logs/client.log:4" in ended.reason
+    other = [handshake, ChainItem(checkpoint="client.session_lost", absent=True, where={"connection_id": "5"})]
+    assert evaluate_chain(other, logs).complete  # another connection's loss is not this session's
+
+
+def test_absent_takes_one_plain_checkpoint():
+    for bad in (
+        {"any_of": [{"checkpoint": "client.session_lost"}], "absent": True},
+        {"checkpoint": "client.session_lost", "absent": True, "count": 2},
+        {"checkpoint": "client.session_lost", "hold": 3},
+    ):
+        with pytest.raises(ValueError):
+            ChainItem.model_validate(bad)
+
+
 def test_optional_checkpoint_the_sut_lacks_is_skipped():
     logs = {"relay": _json_log("relay", Role.relay, [])}
     result = evaluate_chain([ChainItem(checkpoint="relay.reservation_closed", optional=True)], logs)

@@ -121,9 +121,9 @@ class Checker:
                     raise self.fail(
                         (*item_loc, "since"), f"{alternative.since!r} is no earlier checkpoint of this chain"
                     )
-                if definition is not None:
+                if definition is not None and not alternative.absent:  # what did not happen provides no facts
                     self.provide(alternative.checkpoint or "", definition, known)
-            earlier |= {alternative.checkpoint or "" for alternative in item.alternatives()}
+            earlier |= {alternative.checkpoint or "" for alternative in item.alternatives() if not alternative.absent}
 
 
 def address_facts(nodes: Mapping[str, RunbookNode]) -> dict[str, set[str]]:
