@@ -46,6 +46,7 @@ LAB_SUT = Sut(
         "stopped": CheckpointDef(event="stopped", facts=["target"]),  # its process is gone
         "link_down": CheckpointDef(event="link_down", facts=["target"]),
         "link_up": CheckpointDef(event="link_up", facts=["target"]),
+        "held": CheckpointDef(event="held", facts=["target"]),  # a hold on it ended with its process up
     },
 )
 

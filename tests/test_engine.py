@@ -291,6 +291,28 @@ def test_a_link_step_takes_the_link_down_and_the_lab_says_when(phase4, tmp_path)
     assert events[-2:] == ["link_down", "link_up"]
 
 
+def test_a_hold_watches_a_node_for_its_window_and_the_lab_says_when_it_ended(phase4, tmp_path):
+    from harness.steps import HoldStep
+
+    hold = HoldStep.model_validate({"action": "hold", "node": "server", "for": "2s"})
+    steps = [*phase4.steps[:-2], hold, *phase4.steps[-2:]]
+    backend = lab()
+    result, _ = _run(phase4.model_copy(update={"steps": steps}), "mixed_nat", backend, tmp_path)
+    record = next(step for step in result.steps if step.summary.startswith("hold server"))
+    assert record.status == "ok" and record.duration >= 2.0
+    lines = [json.loads(line) for line in (result.report_dir / "logs" / "lab.log").read_text().splitlines()]
+    held = next(line for line in lines if line["event"] == "held")
+    assert held["target"] == "server"
+
+    # The negative control: a node whose process ends inside the window breaks the hold, and no `held` is written.
+    client_hold = HoldStep.model_validate({"action": "hold", "node": "client", "for": "60s"})
+    steps = [*phase4.steps[:-2], client_hold, *phase4.steps[-2:]]
+    result, _ = _run(phase4.model_copy(update={"steps": steps}), "mixed_nat", lab(), tmp_path / "exit")
+    record = next(step for step in result.steps if step.summary.startswith("hold client"))
+    assert record.status == "failed" and "exited with code 0" in record.detail
+    assert '"held"' not in (result.report_dir / "logs" / "lab.log").read_text()
+
+
 def test_link_conditions_per_node_reach_the_topology(tmp_path):
     import yaml
 

@@ -6,7 +6,8 @@ A step knows three things about itself: `check(ctx)`, what it needs from the run
 class in its module here plus its name in `Step`. The loader (`harness.runbook.load`) and the engine
 (`harness.runbook.engine`) implement the two contexts; neither knows any step by name.
 
-No step sleeps for its own sake: a wait polls for a checkpoint or an exit until its deadline.
+No step sleeps for its own sake: a wait polls for a checkpoint or an exit until its deadline, and a hold watches a
+node for the window a claim is about (its end is a line of the lab's own log).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from pydantic import Field
 from harness.steps.commands import AskStep, CollectStep, ExpectStep, RunStep
 from harness.steps.context import CheckContext, Loc, RunContext, StepFailed
 from harness.steps.nodes import LinkStep, RestartStep, StartStep, StopStep
-from harness.steps.waits import WaitExitStep, WaitStep
+from harness.steps.waits import HoldStep, WaitExitStep, WaitStep
 
 Step = Annotated[
     StartStep
     | WaitStep
     | WaitExitStep
+    | HoldStep
     | RunStep
     | AskStep
     | StopStep
@@ -39,6 +41,7 @@ __all__ = [
     "CheckContext",
     "CollectStep",
     "ExpectStep",
+    "HoldStep",
     "LinkStep",
     "Loc",
     "RestartStep",

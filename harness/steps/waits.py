@@ -1,4 +1,5 @@
-"""Waits: for a checkpoint on a node's log, or for a node's process to end; each with a deadline."""
+"""Waits: for a checkpoint on a node's log, or for a node's process to end, each with a deadline; and a hold, the
+window a claim is about (a session outlives the relay by this long)."""
 
 from __future__ import annotations
 
@@ -101,3 +102,31 @@ class WaitExitStep(_NodeStep):
 
     def summary(self) -> str:
         return f"wait for {self.node} to exit within {self.within:g}s"
+
+
+class HoldStep(_NodeStep):
+    """Watch a node for `for` seconds: its process must stay up. Not a sleep for its own sake: the window is the
+    claim (a Kaspa session outlives the relay by this long), its end is a line of the lab's own log (`lab.held`,
+    target the node), and the chain judges what the node logged inside it (`absent: true` items: the session
+    did not end). A SUT whose session pings slower than any window (kaspad: every 120 s) can only be watched."""
+
+    action: Literal["hold"]
+    seconds: PositiveSeconds = Field(alias="for")
+
+    def run(self, ctx: RunContext) -> str | None:
+        deadline = ctx.now() + self.seconds
+        while True:
+            ctx.pull()
+            code = ctx.backend.exit_code(self.node)
+            if code is not None:
+                raise StepFailed(
+                    f"{self.node} exited with code {code} {ctx.now() - deadline + self.seconds:.1f}s into the hold"
+                )
+            left = deadline - ctx.now()
+            if left <= 0:
+                ctx.note("held", self.node)
+                return f"{self.node} up for {self.seconds:g}s"
+            ctx.sleep(min(ctx.poll_interval, left))
+
+    def summary(self) -> str:
+        return f"hold {self.node} for {self.seconds:g}s (its process stays up)"
