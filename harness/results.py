@@ -15,7 +15,7 @@ from harness.checkpoints import ChainResult, Evidence, Hit, Miss, Skip
 from harness.models import FactValue, Phase, ScenarioExpect, Topology, Verdict
 
 CheckpointStatus = Literal["met", "missed", "skipped", "not reached"]
-StepStatus = Literal["ok", "failed", "skipped", "pending"]
+StepStatus = Literal["ok", "missed", "failed", "skipped", "pending"]
 
 
 @dataclass

@@ -112,6 +112,21 @@ def test_a_wait_past_its_deadline_stops_the_steps_but_not_the_report(phase4, tmp
     assert (result.report_dir / "report.md").exists()
 
 
+def test_a_soft_wait_records_its_miss_and_the_steps_go_on(phase4, tmp_path):
+    """A soft wait paces a run whose outcome the chain decides: past its deadline it is `missed`, not `failed`,
+    and the later steps (the relay's stop) still run; the verdict is the chain's, as always."""
+    index = next(i for i, step in enumerate(phase4.steps) if getattr(step, "checkpoint", "") == "client.handshake")
+    wait = phase4.steps[index].model_copy(update={"soft": True})
+    backend = lab()
+    backend.scripts = {**backend.scripts, "client": backend.scripts["client"][:2]}  # never gets to a handshake
+    runbook = phase4.model_copy(update={"steps": [*phase4.steps[:index], wait, *phase4.steps[index + 1 :]]})
+    result, _ = _run(runbook, "mixed_nat", backend, tmp_path)
+    statuses = [s.status for s in result.steps]
+    assert statuses[index] == "missed" and "skipped" not in statuses and "failed" not in statuses
+    assert "relay" in backend.stopped
+    assert result.verdict != Verdict.direct
+
+
 def test_a_node_that_exits_before_its_checkpoint_fails_fast(phase4, tmp_path):
     backend = lab()
     backend.scripts = {**backend.scripts, "relay": relay_script()[:2]}

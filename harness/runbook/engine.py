@@ -31,7 +31,7 @@ from harness.models import Chain, Phase, Role, Verdict
 from harness.results import RouterTable, ScenarioResult, StepRecord, phase_timings, records
 from harness.runbook.model import Runbook, Scenario
 from harness.sanitise import Sanitiser
-from harness.steps import StepFailed
+from harness.steps import StepFailed, StepMissed
 from harness.sut import LAB, LAB_SUT, get_sut
 from harness.templating import TemplateError, render
 from harness.verdict import Outcome, as_expected, decide
@@ -181,6 +181,11 @@ class ScenarioRun:
             self.progress(f"step {index + 1}/{len(steps)}: {record.summary}")
             try:
                 detail = step.run(self)
+            except StepMissed as miss:
+                record.status = "missed"
+                record.detail = str(miss)
+                record.duration = self.now() - record.t
+                continue
             except StepFailed as failure:
                 record.status = "failed"
                 record.detail = str(failure)

@@ -17,7 +17,7 @@ from typing import Annotated
 from pydantic import Field
 
 from harness.steps.commands import AskStep, CollectStep, ExpectStep, RunStep
-from harness.steps.context import CheckContext, Loc, RunContext, StepFailed
+from harness.steps.context import CheckContext, Loc, RunContext, StepFailed, StepMissed
 from harness.steps.nodes import LinkStep, RestartStep, StartStep, StopStep
 from harness.steps.waits import HoldStep, WaitExitStep, WaitStep
 
@@ -50,6 +50,7 @@ __all__ = [
     "StartStep",
     "Step",
     "StepFailed",
+    "StepMissed",
     "StopStep",
     "WaitExitStep",
     "WaitStep",

@@ -20,6 +20,10 @@ class StepFailed(Exception):
     """A step could not be completed (a wait missed its deadline, a command failed): stop the steps."""
 
 
+class StepMissed(Exception):
+    """A soft wait met its deadline: the miss is recorded and the steps go on (the chain decides the verdict)."""
+
+
 class CheckContext(Protocol):
     """What a step may ask of the runbook loader (harness.runbook.load.Checker)."""
 
