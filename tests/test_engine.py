@@ -127,6 +127,19 @@ def test_a_soft_wait_records_its_miss_and_the_steps_go_on(phase4, tmp_path):
     assert result.verdict != Verdict.direct
 
 
+def test_a_direct_run_whose_steps_broke_is_not_as_expected(phase4, tmp_path):
+    """The chain may still say direct, but a scenario that must punch runs its checks to the end: a failed step
+    (here a second wait for a line the relay printed once) makes it not as expected, and the report says why."""
+    from harness.steps import WaitStep
+
+    again = WaitStep(action="wait", checkpoint="relay.listening", within=1.0)
+    runbook = phase4.model_copy(update={"steps": [*phase4.steps[:-2], again, *phase4.steps[-2:]]})
+    result, _ = _run(runbook, "mixed_nat", lab(), tmp_path)
+    assert result.verdict == Verdict.direct and not result.as_expected
+    assert any("wait relay.listening within 1s) failed" in note for note in result.notes)
+    assert _run(phase4, "mixed_nat", lab(), tmp_path / "whole")[0].as_expected  # the same run, steps whole
+
+
 def test_a_node_that_exits_before_its_checkpoint_fails_fast(phase4, tmp_path):
     backend = lab()
     backend.scripts = {**backend.scripts, "relay": relay_script()[:2]}

@@ -27,7 +27,7 @@ from harness.checkpoints import ADDRESS_FACTS, ChainResult, Miss, NodeLog
 from harness.conntrack import parse_endpoint
 from harness.errors import BadInput, LabError, SetupError
 from harness.ground_truth import GroundTruth, NatHop, Side
-from harness.models import Chain, Phase, Role, Verdict
+from harness.models import Chain, ExpectedVerdict, Phase, Role, Verdict
 from harness.results import RouterTable, ScenarioResult, StepRecord, phase_timings, records
 from harness.runbook.model import Runbook, Scenario
 from harness.sanitise import Sanitiser
@@ -343,6 +343,11 @@ class ScenarioRun:
         # The verdict comes from the logs and the routers, whatever step failed: a negative control is expected
         # to break a wait. A lab that never started has no verdict to be as expected (outcome None, above).
         result.as_expected = as_expected(outcome.verdict, outcome.first_missing, result.expected)
+        broken = next((step for step in result.steps if step.status == "failed"), None)
+        if broken is not None and result.expected.verdict == ExpectedVerdict.direct:
+            # A scenario that must punch also runs its checks to the end (a helper API that must say `direct`).
+            result.as_expected = False
+            result.notes.append(f"step {broken.index + 1} ({broken.summary}) failed: {broken.detail}")
         result.checkpoints = records(outcome.direct, self.wall_start)
         result.relayed_checkpoints = records(outcome.relayed, self.wall_start) if outcome.relayed else []
         result.timings.update(phase_timings(outcome.direct, self.phases()))
