@@ -51,9 +51,10 @@ def test_every_checkpoint_of_the_pass_is_met() -> None:
     facts = {hit.name: hit.facts for hit in outcome.direct.hits}
     server_id = facts["client.dcutr_stream"]["peer_id"]
     assert facts["server.dcutr_direct"]["remote_peer_id"] == facts["server.dcutr_stream"]["peer_id"]
-    # each side's session stream is on the connection its own DCUtR success named (A's: ConnectionId(5))
-    assert facts["server.dcutr_stream"]["connection_id"] == facts["server.dcutr_direct"]["connection_id"] == "6"
-    assert facts["client.dcutr_stream"]["connection_id"] == "5"
+    # each side's session stream is on the connection its own DCUtR success named
+    assert facts["server.dcutr_stream"]["connection_id"] == facts["server.dcutr_direct"]["connection_id"]
+    client_dcutr = outcome.direct.namespace["client"]["dcutr_direct"]  # A's own success lost the race to B's
+    assert facts["client.dcutr_stream"]["connection_id"] == client_dcutr["connection_id"]
     assert facts["client.handshake_direct"]["peer_id"] == server_id
     assert facts["relay.circuit_accepted"]["dst_peer_id"] == server_id
     assert not str(facts["relay.listening"]["addr"]).startswith("/ip4/127.")  # the transit address
@@ -103,3 +104,71 @@ def test_verify_reads_a_folder_as_the_forks_manual_lab_leaves_it(tmp_path) -> No
     assert record["verdict"] == "direct" and {log["node"] for log in record["logs"]} == {"relay", "client", "server"}
     (tmp_path / "kaspa-a.log").unlink()  # negative control: without A's log there is no direct verdict
     assert main([*args, "-o", str(tmp_path / "r3")]) == 1
+
+
+# -- the runbook's own chains: the relay-stop proof ---------------------------------------------------------
+
+RUNBOOK = Path(__file__).resolve().parent.parent / "runbooks" / "kaspad-mixed-nat.yaml"
+
+
+def _runbook_verdict(base: Path):
+    from harness.runbook import load_runbook
+
+    step = load_runbook(RUNBOOK).expect_step()
+    files = discover_logs(base, sut=None)
+    assert "lab" in files  # the lab's own record is found beside the nodes' logs
+    tables = sorted(base.glob("*.conntrack"))
+    return verify_logs(
+        files, "kaspad-bridge", conntrack_files=tables, public=PUBLIC, direct=step.checkpoints, relayed=step.relayed
+    ).outcome
+
+
+def _copy(tmp_path: Path, name: str) -> Path:
+    import shutil
+
+    shutil.copytree(FIXTURES / name, tmp_path / name)
+    return tmp_path / name
+
+
+def test_the_pass_outlives_the_relay_and_the_control_dies_with_it(tmp_path) -> None:
+    direct = _runbook_verdict(FIXTURES / "pass")
+    assert direct.verdict == Verdict.direct, direct.first_missing
+    assert [h.name for h in direct.direct.hits][-4:] == [
+        "lab.stopped",
+        "lab.held",
+        "no client.session_ended",
+        "no server.session_ended",
+    ]
+    control = _runbook_verdict(FIXTURES / "control")
+    assert control.verdict == Verdict.relayed
+    ended = control.relayed.hits[-1]
+    assert ended.name == "client.session_ended"
+    assert ended.facts["net_address"] == control.relayed.namespace["client"]["handshake_ready"]["net_address"]
+
+
+def test_a_direct_session_that_ends_after_the_relay_stop_is_not_direct(tmp_path) -> None:
+    """Doctored: A logs that B's direct session broke, after the lab stopped the relay."""
+    base = _copy(tmp_path, "pass")
+    session = _runbook_verdict(base).direct.namespace["client"]["handshake_ready"]["net_address"]
+    log = base / "client.log"
+    last = log.read_text().splitlines()[-1][:29]  # the last line's timestamp and level
+    log.write_text(log.read_text() + f"{last} P2P, network error: broken pipe from peer {session}\n")
+    outcome = _runbook_verdict(base)
+    assert outcome.verdict != Verdict.direct
+    assert outcome.first_missing.name == "no client.session_ended" and "it happened" in outcome.first_missing.reason
+
+
+def test_without_the_labs_hold_there_is_no_relay_stop_proof(tmp_path) -> None:
+    """A log collected right after the stop shows nothing ended only because nothing had time to: no `held`."""
+    base = _copy(tmp_path, "pass")
+    lab = base / "lab.log"
+    lab.write_text("".join(line + "\n" for line in lab.read_text().splitlines() if '"held"' not in line))
+    outcome = _runbook_verdict(base)
+    assert outcome.verdict != Verdict.direct and outcome.first_missing.name == "lab.held"
+
+
+def test_a_control_whose_relayed_session_survives_the_stop_is_not_relayed(tmp_path) -> None:
+    base = _copy(tmp_path, "control")
+    log = base / "client.log"
+    log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if "P2P, network error" not in line))
+    assert _runbook_verdict(base).verdict == Verdict.fail
