@@ -21,6 +21,7 @@ from harness.checkpoints import (
     NodeLog,
     Skip,
     find,
+    match_line,
     node_facts,
     norm,
 )
@@ -158,7 +159,7 @@ def _evaluate_item(
         if isinstance(outcome, Hit):
             hits.append(outcome)
         elif isinstance(outcome, Miss):
-            misses.append(outcome)
+            misses.append(_with_role_hints(outcome, node, checkpoint, logs))
         else:
             skips.append(outcome)
     if hits:
@@ -201,3 +202,27 @@ def _absent(
             return Miss(label, f"{log.file} goes on for {said} after the previous checkpoint, {item.hold:g}s needed")
     evidence = [Evidence(log.file, last.number, last.text, note="the log goes on to here without it")] if last else []
     return Hit(label, log.node, checkpoint, {"absent": True}, evidence, line=after_line, time=None)
+
+
+def _with_role_hints(miss: Miss, node: str, checkpoint: str, logs: Mapping[str, NodeLog]) -> Miss:
+    """A miss explained from another node's log: the checkpoint's `role_hints` lines, first one each."""
+    log = logs.get(node)
+    definition = find_checkpoint(log.sut, checkpoint, log.role) if log is not None else None
+    if definition is None or not definition.role_hints:
+        return miss
+    own = node_facts(log).get("peer_id") if log is not None else None
+    if own is None:  # without its own id the other log's lines cannot be told to be about this node
+        return miss
+    extra: list[Evidence] = []
+    for hint in definition.role_hints:
+        role, _, other = hint.partition(".")
+        for peer in logs.values():
+            if peer is log or peer.role is None or peer.role.value != role:
+                continue
+            hint_def = find_checkpoint(peer.sut, other, peer.role)
+            for line in peer.lines if hint_def is not None else []:
+                matched = match_line(hint_def, line)
+                if matched is not None and matched.facts is not None and str(own[0]) in line.text:
+                    extra.append(Evidence(peer.file, line.number, line.text, note=f"hint: {peer.node}.{other}"))
+                    break
+    return Miss(miss.name, miss.reason, [*miss.evidence, *extra[:2]]) if extra else miss

@@ -113,6 +113,11 @@ class CheckpointDef(Pattern):
     hints: list[str] = Field(
         default_factory=list, description="other checkpoints of this SUT whose lines explain a miss of this one"
     )
+    role_hints: list[str] = Field(
+        default_factory=list,
+        description="ROLE.checkpoint on another node's log whose line explains a miss of this one (the relay "
+        "accepted the reservation that the node never saw accepted)",
+    )
 
     def provided_facts(self) -> set[str]:
         return super().provided_facts() | set(self.needs)
@@ -205,6 +210,10 @@ class Sut(Strict):
             for hint in checkpoint.hints:
                 if hint not in self.checkpoints:
                     raise ValueError(f"checkpoint {name!r} hints at unknown checkpoint {hint!r}")
+            for hint in checkpoint.role_hints:
+                role, _, other = hint.partition(".")
+                if role not in Role.__members__ or other not in self.checkpoints:
+                    raise ValueError(f"checkpoint {name!r}: role hint {hint!r} is not ROLE.checkpoint of this SUT")
         if self.build is not None:
             missing = [p for p in self.programs if p not in self.build.programs]
             if missing:

@@ -172,3 +172,32 @@ def test_a_control_whose_relayed_session_survives_the_stop_is_not_relayed(tmp_pa
     log = base / "client.log"
     log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if "P2P, network error" not in line))
     assert _runbook_verdict(base).verdict == Verdict.fail
+
+
+def test_a_reservation_the_relay_accepted_but_the_node_never_saw_is_shown_plainly(tmp_path) -> None:
+    """The relay without an external address: B's reservation is the first miss, and the relay's own
+    ReservationReqAccepted for B (not for anyone else) is the hint beside it."""
+    base = _copy(tmp_path, "no-relay-address")
+    outcome = verify_logs(discover_logs(base), "kaspad-bridge").outcome
+    missing = outcome.first_missing
+    assert missing.name == "server.reservation_accepted"
+    server_id = outcome.direct.namespace["server"]["peer_id"]
+    hint = next(e for e in missing.evidence if e.note == "hint: relay.reservation_req_accepted")
+    assert "ReservationReqAccepted" in hint.text and server_id in hint.text
+    relay = base / "relay.log"  # the control: without the relay's line there is nothing to hint at
+    relay.write_text(
+        "".join(line + "\n" for line in relay.read_text().splitlines() if "ReservationReqAccepted" not in line)
+    )
+    missing = verify_logs(discover_logs(base), "kaspad-bridge").outcome.first_missing
+    assert missing.name == "server.reservation_accepted" and not any("hint: relay" in e.note for e in missing.evidence)
+
+
+@pytest.mark.parametrize("hint", ["relay.no_such_checkpoint", "router.reservation_req_accepted", "reservation_failed"])
+def test_a_role_hint_must_name_a_role_and_a_checkpoint_of_the_sut(hint) -> None:
+    from harness.models import Sut
+    from harness.sut import get_sut
+
+    data = get_sut("kaspad-bridge").model_dump(exclude_none=True)
+    data["checkpoints"]["reservation_accepted"]["role_hints"] = [hint]
+    with pytest.raises(ValueError, match="role hint"):
+        Sut.model_validate(data)
