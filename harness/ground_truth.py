@@ -16,6 +16,9 @@ side:
 The two sides must then agree on one public 4-tuple (A's public address:port <-> B's public address:port), so
 two unrelated flows cannot add up to a direct path. Anything missing (no tables, no addresses the lab knows)
 is a Skip marked unverifiable: the verdict is then `unverified`, never `direct`.
+
+A peer's own claim of where it is connected (`remote_addr` on a direct line) is compared with what the lab gave:
+a mismatch is a finding in the report (`claims_against_the_lab`), never evidence either way.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from harness.checkpoints import Evidence, Hit, Miss, Skip
-from harness.conntrack import Flow, parse_flows
+from harness.conntrack import Flow, parse_endpoint, parse_flows
 
 NAME = "conntrack.established"
 Endpoint = tuple[str, int | None]
@@ -189,3 +192,25 @@ def _unverifiable(reason: str) -> Skip:
 def _show(endpoint: Endpoint) -> str:
     host, port = endpoint
     return f"{host}:{port}" if port is not None else host
+
+
+def claims_against_the_lab(hits: Iterable[Hit], ground: GroundTruth | None) -> list[str]:
+    """Findings: a peer's claimed remote address that is not the address the lab gave the other end.
+
+    A mismatch is reported, never counted as evidence either way: the verdict rests on the ground truth."""
+    if ground is None:
+        return []
+    findings = []
+    ends = list(ground.sides.values())
+    for hit in hits:
+        claimed = hit.facts.get("remote_addr")
+        side = ground.sides.get(hit.node)
+        direct_claim = str(hit.facts.get("relayed")).lower() == "false"
+        if not isinstance(claimed, str) or side is None or not direct_claim:
+            continue
+        others = [other for other in ends if other.node != side.node]
+        host, _port = parse_endpoint(claimed)
+        if others and host not in {other.public for other in others}:
+            gave = ", ".join(f"{other.node} {other.public}" for other in others)
+            findings.append(f"finding: {hit.name} claims remote_addr {claimed}; the lab gave {gave}")
+    return findings

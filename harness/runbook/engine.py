@@ -24,11 +24,11 @@ from typing import Any
 from harness.backends.base import Backend
 from harness.chains import evaluate_chain
 from harness.checkpoints import ADDRESS_FACTS, ChainResult, Miss, NodeLog
-from harness.conntrack import parse_endpoint
 from harness.errors import BadInput, LabError, SetupError
-from harness.ground_truth import GroundTruth, NatHop, Side
+from harness.ground_truth import GroundTruth, NatHop, Side, claims_against_the_lab
 from harness.models import Chain, ExpectedVerdict, Phase, Role, Verdict
 from harness.results import RouterTable, ScenarioResult, StepRecord, phase_timings, records
+from harness.runbook.environment import environment
 from harness.runbook.model import Runbook, Scenario
 from harness.sanitise import Sanitiser
 from harness.steps import StepFailed, StepMissed
@@ -351,7 +351,7 @@ class ScenarioRun:
         result.checkpoints = records(outcome.direct, self.wall_start)
         result.relayed_checkpoints = records(outcome.relayed, self.wall_start) if outcome.relayed else []
         result.timings.update(phase_timings(outcome.direct, self.phases()))
-        result.notes += claims_against_the_lab(outcome, self._ground)
+        result.notes += claims_against_the_lab(outcome.chain.hits, self._ground)
 
 
 def run_scenario(
@@ -422,50 +422,9 @@ def run_scenario(
     return run.result
 
 
-def claims_against_the_lab(outcome: Outcome, ground: GroundTruth | None) -> list[str]:
-    """Findings: a peer's claimed remote address that is not the address the lab gave the other end.
-
-    A mismatch is reported, never counted as evidence either way: the verdict rests on the ground truth."""
-    if ground is None:
-        return []
-    findings = []
-    ends = list(ground.sides.values())
-    for hit in outcome.chain.hits:
-        claimed = hit.facts.get("remote_addr")
-        side = ground.sides.get(hit.node)
-        direct_claim = str(hit.facts.get("relayed")).lower() == "false"
-        if not isinstance(claimed, str) or side is None or not direct_claim:
-            continue
-        others = [other for other in ends if other.node != side.node]
-        host, _port = parse_endpoint(claimed)
-        if others and host not in {other.public for other in others}:
-            gave = ", ".join(f"{other.node} {other.public}" for other in others)
-            findings.append(f"finding: {hit.name} claims remote_addr {claimed}; the lab gave {gave}")
-    return findings
-
-
 def _read_dir(report_dir: Path, folder: str, pattern: str) -> dict[str, tuple[str, str]]:
     """`{stem: (report-relative file, text)}` of the sanitised artefacts in one report folder."""
     directory = report_dir / folder
     if not directory.is_dir():
         return {}
     return {path.stem: (f"{folder}/{path.name}", path.read_text()) for path in sorted(directory.glob(pattern))}
-
-
-def environment(backend: Backend, runbook: Runbook, scenario: Scenario) -> dict[str, Any]:
-    import platform
-
-    import harness
-
-    info: dict[str, Any] = {
-        "harness": harness.__version__,
-        "python": platform.python_version(),
-        "runbook": runbook.name,
-        "scenario": scenario.id,
-        "suts": sorted({node.sut for node in runbook.nodes.values()}),
-    }
-    try:
-        info.update(backend.describe())  # versions, image ids: whatever the backend knows
-    except Exception as error:
-        info["backend_error"] = str(error)
-    return info
