@@ -5,7 +5,7 @@
 use std::error::Error;
 use std::time::Duration;
 
-use libp2p::core::ConnectedPoint;
+use libp2p::core::{ConnectedPoint, Endpoint};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -199,10 +199,77 @@ pub fn log_connection(
         "endpoint": role,
         "to_relay": to_relay,
     });
-    if let ConnectedPoint::Listener { local_addr, .. } = endpoint {
-        facts["local_addr"] = json!(local_addr.to_string());
+    match endpoint {
+        ConnectedPoint::Listener { local_addr, .. } => {
+            facts["local_addr"] = json!(local_addr.to_string());
+        }
+        // The server's DCUtR dial (it listened on the relayed connection) runs the upgrade as the listener.
+        ConnectedPoint::Dialer { role_override, .. } => {
+            facts["role_override"] = json!(match role_override {
+                Endpoint::Dialer => "dialer",
+                Endpoint::Listener => "listener",
+            });
+        }
     }
     emit("connection_established", facts);
+}
+
+/// Logs `incoming_connection_error`: a connection reached one of our listeners but never became established
+/// (e.g. its security upgrade failed or timed out). `error` is libp2p's error with its sources.
+pub fn log_incoming_connection_error(
+    connection_id: ConnectionId,
+    local_addr: &Multiaddr,
+    send_back_addr: &Multiaddr,
+    peer_id: Option<&PeerId>,
+    error: &dyn Error,
+) {
+    emit(
+        "incoming_connection_error",
+        json!({
+            "connection_id": connection_number(connection_id),
+            "local_addr": local_addr.to_string(),
+            "send_back_addr": send_back_addr.to_string(),
+            "peer_id": peer_id.map(|p| p.to_string()),
+            "error": error_chain(error),
+        }),
+    );
+}
+
+/// Logs `outgoing_connection_error`: a dial of ours to a peer that is not one of our relays failed (the
+/// client's circuit dial, or either side's DCUtR dial). `error` is libp2p's error with its sources.
+pub fn log_outgoing_connection_error(
+    connection_id: ConnectionId,
+    peer_id: &PeerId,
+    error: &dyn Error,
+) {
+    emit(
+        "outgoing_connection_error",
+        json!({
+            "connection_id": connection_number(connection_id),
+            "peer_id": peer_id.to_string(),
+            "error": error_chain(error),
+        }),
+    );
+}
+
+/// An error and its sources, `outer: inner: ...`, a source whose text the previous one already ends with
+/// left out; cut at 400 characters. libp2p's `Display` of a listen error hides the transport's reason.
+pub fn error_chain(error: &dyn Error) -> String {
+    const CLIP: usize = 400;
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let next = inner.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = inner.source();
+    }
+    if text.chars().count() > CLIP {
+        text = text.chars().take(CLIP).collect();
+    }
+    text
 }
 
 /// Logs `connection_closed`. `relayed` is the circuit fact `connection_established` gave (the lying-peer

@@ -249,13 +249,33 @@ impl Peer {
                     cause,
                 })
             }
+            SwarmEvent::IncomingConnectionError {
+                connection_id,
+                local_addr,
+                send_back_addr,
+                error,
+                peer_id,
+            } => {
+                node::log_incoming_connection_error(
+                    connection_id,
+                    &local_addr,
+                    &send_back_addr,
+                    peer_id.as_ref(),
+                    &error,
+                );
+                None
+            }
             SwarmEvent::OutgoingConnectionError {
+                connection_id,
                 peer_id: Some(peer_id),
                 error,
-                ..
             } => {
                 let reason = error.to_string();
-                Some(if self.relays.contains_key(&peer_id) {
+                let to_relay = self.relays.contains_key(&peer_id);
+                if !to_relay {
+                    node::log_outgoing_connection_error(connection_id, &peer_id, &error);
+                }
+                Some(if to_relay {
                     PeerEvent::RelayUnreachable {
                         relay: peer_id,
                         reason,
