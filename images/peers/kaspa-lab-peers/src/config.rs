@@ -71,6 +71,16 @@ pub const SESSION: Setting = Setting {
     flag: "--session",
     help: "seconds of Kaspa ping/pong after the handshake before the client exits 0",
 };
+pub const PING_EVERY: Setting = Setting {
+    env: "SESSION_PING_SECS",
+    flag: "--ping-every",
+    help: "seconds between a pong and the next ping of the session (client)",
+};
+pub const PONGS_AFTER_RELAY: Setting = Setting {
+    env: "SESSION_PONGS_AFTER_RELAY_LOSS",
+    flag: "--pongs-after-relay-loss",
+    help: "end the session this many pongs after the connection to the relay closed (0: only SESSION_SECS) (client)",
+};
 pub const PING_STREAMS: Setting = Setting {
     env: "KASPA_PING_STREAMS",
     flag: "--ping-streams",

@@ -760,6 +760,8 @@ fn help_documents_every_variable_and_flag() {
                 "--allow-relay-fallback",
                 "DIRECT_DEADLINE_SECS",
                 "SESSION_SECS",
+                "SESSION_PING_SECS",
+                "SESSION_PONGS_AFTER_RELAY_LOSS",
                 "IDLE_TIMEOUT_SECS",
                 "LAB_LIE_DIRECT",
                 "--lie-direct",
@@ -777,6 +779,48 @@ fn help_documents_every_variable_and_flag() {
             assert!(text.contains(word), "{binary} --help lacks {word}");
         }
     }
+}
+
+/// The session may end early: 4 pongs after the client saw its relay connection close (long before its
+/// 30 s are up), exit 0, and every one of those pongs on the session's direct connection after the close.
+#[test]
+fn a_direct_session_ends_a_few_pongs_after_the_relay_is_gone() {
+    let mut lab = lab("early", &[]);
+    let mut client = client(
+        &lab,
+        "early",
+        &[
+            ("SESSION_SECS", "30".into()),
+            ("SESSION_PING_SECS", "0.1".into()),
+            ("SESSION_PONGS_AFTER_RELAY_LOSS", "4".into()),
+        ],
+    );
+    let complete = client.wait_for("handshake", |e| e["event"] == "handshake_complete");
+    let (status, _) = sigterm(&mut lab.relay);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(client.wait_exit().code(), Some(0));
+    let events = client.events();
+    let session = session_tied(&events);
+    let gone = find(&events, "connection_closed")
+        .into_iter()
+        .find(|e| e["to_relay"] == true)
+        .expect("the relay connection's close");
+    let pongs_after: Vec<&Value> = after(&events, gone)
+        .iter()
+        .filter(|e| e["event"] == "kaspa_pong")
+        .collect();
+    assert!(pongs_after.len() >= 4, "{} pongs", pongs_after.len());
+    assert!(pongs_after
+        .iter()
+        .all(|p| p["connection_id"] == session["connection_id"] && p["relayed"] == false));
+    let shutdown = only(&events, "shutdown");
+    assert_eq!(shutdown["exit_code"], 0);
+    assert!(
+        ts(shutdown) - ts(&complete) < 10.0,
+        "{}",
+        ts(shutdown) - ts(&complete)
+    );
+    assert!(ts(shutdown) - ts(gone) < 3.0, "{}", ts(shutdown) - ts(gone));
 }
 
 /// (b) The relay exits after the handshake: the session on the direct connection keeps pinging for the rest

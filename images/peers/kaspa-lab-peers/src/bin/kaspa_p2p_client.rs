@@ -7,6 +7,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU8;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::swarm::dial_opts::DialOpts;
@@ -19,7 +21,7 @@ use tokio::time::Instant;
 use kaspa_lab_peers::client::{Action, Client, Input, SessionFailure, Settings, Source, Stage};
 use kaspa_lab_peers::config::{
     ConfigError, DCUTR, DIRECT_DEADLINE, FALLBACK, IDLE, KEY_FILE, LIE_DIRECT, LISTEN, NETWORK,
-    PING_STREAMS, RELAYS, REMOTE_ADDRS, REMOTE_PEER, SEED, SESSION,
+    PING_EVERY, PING_STREAMS, PONGS_AFTER_RELAY, RELAYS, REMOTE_ADDRS, REMOTE_PEER, SEED, SESSION,
 };
 use kaspa_lab_peers::connection_id;
 use kaspa_lab_peers::events::emit;
@@ -33,9 +35,6 @@ use kaspa_lab_peers::streams::{self, is_relayed, ConnectionInfo};
 
 const BINARY: &str = "kaspa_p2p_client";
 
-/// The pause between a pong and the next ping of the session.
-const PING_EVERY: Duration = Duration::from_millis(500);
-
 type Reply = oneshot::Sender<Result<KaspaIo, String>>;
 type StreamRequest = (ConnectionId, Reply);
 
@@ -43,6 +42,13 @@ struct Plan {
     local: Local,
     session: Duration,
     ping_streams: u32,
+    /// The pause between a pong and the next ping of the session.
+    ping_every: Duration,
+    /// End the session this many pongs after the connection to the relay closed (0: only at `session`): a
+    /// session that outlives the relay by a few pongs has shown what it can, so the run need not wait longer.
+    pongs_after_relay_loss: u32,
+    /// Set by the driver when a connection to one of our relays closes.
+    relay_gone: Arc<AtomicBool>,
 }
 
 #[tokio::main]
@@ -53,9 +59,10 @@ async fn main() {
         "private Kaspa peer that dials a private server through a relay and punches a direct path with DCUtR",
         &[
             &LISTEN, &RELAYS, &REMOTE_PEER, &REMOTE_ADDRS, &SEED, &KEY_FILE, &NETWORK, &DCUTR, &FALLBACK,
-            &DIRECT_DEADLINE, &SESSION, &PING_STREAMS, &IDLE, &LIE_DIRECT,
+            &DIRECT_DEADLINE, &SESSION, &PING_EVERY, &PONGS_AFTER_RELAY, &PING_STREAMS, &IDLE,
+            &LIE_DIRECT,
         ],
-        "listen /ip4/0.0.0.0/tcp/4013, relays from the circuit addrs, network mainnet, DCUtR on,\n  no relay fallback, direct deadline 15 s, session 3 s (a ping every 500 ms), 0 extra ping streams,\n  identity random, idle timeout 300 s, no lying.",
+        "listen /ip4/0.0.0.0/tcp/4013, relays from the circuit addrs, network mainnet, DCUtR on,\n  no relay fallback, direct deadline 15 s, session 3 s (a ping every 0.5 s, no early end after the\n  relay's loss), 0 extra ping streams,\n  identity random, idle timeout 300 s, no lying.",
     );
     let listen = or_exit(BINARY, source.multiaddrs(&LISTEN, "/ip4/0.0.0.0/tcp/4013"));
     let remote = or_exit(BINARY, source.peer_id(&REMOTE_PEER));
@@ -110,10 +117,14 @@ async fn main() {
     let lie::Switches { lie, dcutr } = or_exit(BINARY, lie::switches(&source, &[&FALLBACK]));
     let fallback = or_exit(BINARY, source.flag(&FALLBACK, false));
     let direct_deadline = or_exit(BINARY, source.seconds(&DIRECT_DEADLINE, 15.0));
+    let relay_gone = Arc::new(AtomicBool::new(false));
     let plan = Plan {
         local: Local::new(network.clone()),
         session: or_exit(BINARY, source.seconds(&SESSION, 3.0)),
         ping_streams: or_exit(BINARY, source.count(&PING_STREAMS, 0)),
+        ping_every: or_exit(BINARY, source.seconds(&PING_EVERY, 0.5)),
+        pongs_after_relay_loss: or_exit(BINARY, source.count(&PONGS_AFTER_RELAY, 0)),
+        relay_gone: Arc::clone(&relay_gone),
     };
     let idle = or_exit(BINARY, source.seconds(&IDLE, 300.0));
     let key = or_exit(BINARY, identity::load(&source));
@@ -126,6 +137,8 @@ async fn main() {
             "allow_relay_fallback": fallback,
             "direct_deadline_secs": direct_deadline.as_secs_f64(),
             "session_secs": plan.session.as_secs_f64(),
+            "ping_every_secs": plan.ping_every.as_secs_f64(),
+            "pongs_after_relay_loss": plan.pongs_after_relay_loss,
             "remote_peer_id": remote.to_string(),
             "lie_direct": lie,
         }),
@@ -143,6 +156,7 @@ async fn main() {
         news_tx,
         waiting: StreamRequests::default(),
         session: None,
+        relay_gone,
     };
     let settings = Settings {
         remote,
@@ -196,6 +210,8 @@ struct Driver {
     /// The facts of the connection the session runs on, as its events log them (kept: they are gone from
     /// the swarm when it closes).
     session: Option<ConnectionInfo>,
+    /// Shared with the session task: a connection to one of our relays closed.
+    relay_gone: Arc<AtomicBool>,
 }
 
 impl Driver {
@@ -216,10 +232,13 @@ impl Driver {
                 inbound: !endpoint.is_dialer(),
             }),
             PeerEvent::Closed {
+                peer_id,
                 connection_id,
                 cause,
-                ..
             } => {
+                if self.peer.relays().contains_key(&peer_id) {
+                    self.relay_gone.store(true, Ordering::Relaxed);
+                }
                 self.waiting.closed(connection_id);
                 Some(Input::Closed {
                     conn: connection_id,
@@ -439,8 +458,9 @@ fn transport(reason: String) -> SessionFailure {
 }
 
 /// The handshake on `conn`, then `ping_streams` concurrent extra streams with one ping each, then a ping on
-/// the handshake stream every `PING_EVERY` until the session time is up. Tells the machine when the
-/// handshake is done and how the session ended.
+/// the handshake stream every `ping_every` until the session time is up, or `pongs_after_relay_loss` pongs
+/// came back after the connection to the relay closed. Tells the machine when the handshake is done and how
+/// the session ended.
 async fn run_session(
     plan: Plan,
     conn: ConnectionId,
@@ -473,14 +493,22 @@ async fn run_session(
             }
             let ends = tokio::time::Instant::now() + plan.session;
             let mut nonce = 1u64;
+            let mut after_relay = 0u32;
             loop {
+                // Read before the ping: a pong counts as after the relay's loss only if the loss came first.
+                let relay_gone = plan.relay_gone.load(Ordering::Relaxed);
                 kaspa::ping(&mut session, nonce).await?;
                 nonce += 1;
+                if relay_gone {
+                    after_relay += 1;
+                }
                 let now = tokio::time::Instant::now();
-                if now >= ends {
+                let enough =
+                    plan.pongs_after_relay_loss > 0 && after_relay >= plan.pongs_after_relay_loss;
+                if now >= ends || enough {
                     return Ok(());
                 }
-                tokio::time::sleep(PING_EVERY.min(ends - now)).await;
+                tokio::time::sleep(plan.ping_every.min(ends - now)).await;
             }
         }
         .await;
