@@ -17,6 +17,7 @@ from harness.checkpoints import (
     ChainResult,
     Evidence,
     Hit,
+    LogLine,
     Miss,
     NodeLog,
     Skip,
@@ -25,7 +26,7 @@ from harness.checkpoints import (
     node_facts,
     norm,
 )
-from harness.models import ChainItem, FactValue
+from harness.models import ChainItem, CheckpointDef, FactValue
 from harness.sut import CONNTRACK, find_checkpoint
 from harness.templating import TemplateError, is_template, referenced_paths, render
 
@@ -208,21 +209,25 @@ def _with_role_hints(miss: Miss, node: str, checkpoint: str, logs: Mapping[str, 
     """A miss explained from another node's log: the checkpoint's `role_hints` lines, first one each."""
     log = logs.get(node)
     definition = find_checkpoint(log.sut, checkpoint, log.role) if log is not None else None
-    if definition is None or not definition.role_hints:
+    if log is None or definition is None or not definition.role_hints:
         return miss
-    own = node_facts(log).get("peer_id") if log is not None else None
-    if own is None:  # without its own id the other log's lines cannot be told to be about this node
+    known = node_facts(log).get("peer_id")
+    if known is None:  # without its own id the other log's lines cannot be told to be about this node
         return miss
+    own_id = str(known[0])
     extra: list[Evidence] = []
     for hint in definition.role_hints:
         role, _, other = hint.partition(".")
         for peer in logs.values():
-            if peer is log or peer.role is None or peer.role.value != role:
+            hint_def = find_checkpoint(peer.sut, other, peer.role) if peer.role and peer.role.value == role else None
+            if peer is log or hint_def is None:
                 continue
-            hint_def = find_checkpoint(peer.sut, other, peer.role)
-            for line in peer.lines if hint_def is not None else []:
-                matched = match_line(hint_def, line)
-                if matched is not None and matched.facts is not None and str(own[0]) in line.text:
-                    extra.append(Evidence(peer.file, line.number, line.text, note=f"hint: {peer.node}.{other}"))
-                    break
+            line = next((ln for ln in peer.lines if own_id in ln.text and _matches(hint_def, ln)), None)
+            if line is not None:
+                extra.append(Evidence(peer.file, line.number, line.text, note=f"hint: {peer.node}.{other}"))
     return Miss(miss.name, miss.reason, [*miss.evidence, *extra[:2]]) if extra else miss
+
+
+def _matches(definition: CheckpointDef, line: LogLine) -> bool:
+    result = match_line(definition, line)
+    return result is not None and result.facts is not None
