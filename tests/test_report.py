@@ -176,3 +176,23 @@ def test_charts_are_drawn_from_the_json(tmp_path):
     )
     render_dir(run)
     assert "![direct rate per NAT pair](matrix.png)" in (run / "report.md").read_text()
+
+
+def test_every_table_row_has_as_many_cells_as_its_header(tmp_path):
+    """An `any_of` name (`client.dcutr_direct | client.session_inbound`) must not split a markdown table cell."""
+    import re
+
+    text = (GOLDEN / "scenario-no-dcutr.md").read_text() + (GOLDEN / "run-phase4.md").read_text()
+    assert "client.dcutr_direct \\| client.session_inbound" in text
+
+    def cells(row: str) -> int:
+        return len(re.findall(r"(?<!\\)\|", row)) - 1
+
+    header = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        if header is None:
+            header = cells(line)
+        assert cells(line) == header, line
