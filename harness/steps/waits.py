@@ -97,18 +97,12 @@ class WaitExitStep(_NodeStep):
     code: int | None = None
 
     def run(self, ctx: RunContext) -> str | None:
-        deadline = ctx.now() + self.within
-        while True:
-            ctx.pull()
-            code = ctx.backend.exit_code(self.node)
-            if code is not None:
-                ctx.pull()
-                if self.code is not None and code != self.code:
-                    raise StepFailed(f"{self.node} exited with code {code}, expected {self.code}")
-                return f"{self.node} exited with code {code} after {ctx.now():.1f}s"
-            if ctx.now() >= deadline:
-                raise StepFailed(f"{self.node} still running after {self.within:g}s")
-            ctx.sleep(ctx.poll_interval)
+        code = _exit_before(ctx, self.node, ctx.now() + self.within)
+        if code is None:
+            raise StepFailed(f"{self.node} still running after {self.within:g}s")
+        if self.code is not None and code != self.code:
+            raise StepFailed(f"{self.node} exited with code {code}, expected {self.code}")
+        return f"{self.node} exited with code {code} after {ctx.now():.1f}s"
 
     def summary(self) -> str:
         return f"wait for {self.node} to exit within {self.within:g}s"
@@ -124,19 +118,26 @@ class HoldStep(_NodeStep):
     seconds: PositiveSeconds = Field(alias="for")
 
     def run(self, ctx: RunContext) -> str | None:
-        deadline = ctx.now() + self.seconds
-        while True:
-            ctx.pull()
-            code = ctx.backend.exit_code(self.node)
-            if code is not None:
-                raise StepFailed(
-                    f"{self.node} exited with code {code} {ctx.now() - deadline + self.seconds:.1f}s into the hold"
-                )
-            left = deadline - ctx.now()
-            if left <= 0:
-                ctx.note("held", self.node)
-                return f"{self.node} up for {self.seconds:g}s"
-            ctx.sleep(min(ctx.poll_interval, left))
+        began = ctx.now()
+        code = _exit_before(ctx, self.node, began + self.seconds)
+        if code is not None:
+            raise StepFailed(f"{self.node} exited with code {code} {ctx.now() - began:.1f}s into the hold")
+        ctx.note("held", self.node)
+        return f"{self.node} up for {self.seconds:g}s"
 
     def summary(self) -> str:
         return f"hold {self.node} for {self.seconds:g}s (its process stays up)"
+
+
+def _exit_before(ctx: RunContext, node: str, deadline: float) -> int | None:
+    """The node's exit code if its process ends before `deadline` (its last words pulled), else None at it."""
+    while True:
+        ctx.pull()
+        code = ctx.backend.exit_code(node)
+        if code is not None:
+            ctx.pull()
+            return code
+        left = deadline - ctx.now()
+        if left <= 0:
+            return None
+        ctx.sleep(min(ctx.poll_interval, left))
