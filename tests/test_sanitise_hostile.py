@@ -283,6 +283,7 @@ SECRET_CONTEXTS = [
 @PROPERTY
 @given(value=SECRET_VALUE, context=st.sampled_from(SECRET_CONTEXTS))
 def test_secrets_go_whole(value, context):
+    assume(value not in context.replace("{v}", "") and value not in "<SECRET>")  # `identi` of `identity_key:`
     clean = Sanitiser().line(context.format(v=value))
     assert value not in clean, clean
     assert "<SECRET>" in clean
