@@ -194,8 +194,7 @@ def _absent(
     found = find(log, checkpoint, expected=expected, after_line=after_line)
     if isinstance(found, Hit):
         return Miss(label, f"it happened: {found.evidence[0].ref}", found.evidence[:1])
-    timed = [line for line in log.lines if line.number > after_line and line.time is not None]
-    last = timed[-1] if timed else None
+    last = next((ln for ln in reversed(log.lines) if ln.number > after_line and ln.time is not None), None)
     if item.hold is not None:
         covered = None if last is None or since is None else last.time - since
         if covered is None or covered < item.hold:
