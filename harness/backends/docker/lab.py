@@ -105,6 +105,7 @@ class LabContainer:
 
     name: str  # the lab's short name (`client-router`), not Docker's
     wrapped: Container
+    networked: bool = False  # it has an endpoint on a Docker network (the transit), not a shared namespace
     _pid: int | None = None
 
     def get_wrapped_container(self) -> Container:
@@ -175,8 +176,15 @@ class ContainerLab(Plumbing):
                 future.result(timeout=60)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        names = list(self._containers)
-        self.parallel([lambda name=name: self._remove_container(name) for name in reversed(names)])
+        # Docker 20.10 before 20.10.27 (Debian 12's docker.io) deadlocks its whole daemon when two containers
+        # leave the same network at once (libnetwork: getSvcRecords locks network then controller, the endpoint
+        # watch loop controller then network; moby/libnetwork#2649). Containers that only share a namespace
+        # have no endpoint and go at once; those on the transit leave it one after another.
+        containers = [self._containers[name] for name in reversed(list(self._containers))]
+        self.parallel([lambda c=c: self._remove_container(c.name) for c in containers if not c.networked])
+        for container in containers:
+            if container.networked:
+                self._remove_container(container.name)
         for network in reversed(self._networks):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 self.client.networks.get(network.docker_id).remove()
@@ -350,7 +358,7 @@ class ContainerLab(Plumbing):
             with contextlib.suppress(Exception):
                 (created or self.client.containers.get(self.object_name(name))).remove(force=True)
             raise SetupError(f"starting container {name} failed: {error.explanation or error}") from error
-        container = LabContainer(name, created)
+        container = LabContainer(name, created, networked=network is not None)
         with self._lock:
             self._containers[name] = container
         return container
