@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import docker
 import pytest
@@ -77,6 +79,24 @@ def test_missing_image_is_a_one_line_setup_error(images):
         assert _objects(lab.client, lab.run_id)[0] == 0
 
 
+def _node_processes(client: docker.DockerClient, run_id: str) -> list[int]:
+    """Pids (on this machine) of the node processes a run started in its hosts: in a host's pid namespace,
+    but started from outside it (the host's own init and its sleep have their parent inside)."""
+    pids = []
+    for host in client.containers.list(filters={"label": [f"{LABEL_RUN}={run_id}", "dcutr-lab.role=host"]}):
+        init = host.attrs["State"]["Pid"]
+        with contextlib.suppress(OSError):
+            namespace = os.readlink(f"/proc/{init}/ns/pid")
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit() and int(entry.name) != init:
+                    with contextlib.suppress(OSError):
+                        parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                        inside = os.readlink(entry / "ns" / "pid") == namespace
+                        if inside and os.readlink(f"/proc/{parent}/ns/pid") != namespace:
+                            pids.append(int(entry.name))
+    return pids
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_cli_run_leaves_nothing_behind(images, tmp_path, signum):
     """Ctrl-C or a cancelled CI job in the middle of a run: every container and network is removed."""
@@ -96,11 +116,11 @@ def test_interrupted_cli_run_leaves_nothing_behind(images, tmp_path, signum):
     try:
         # Interrupt once the run has a node process running: routers, hosts and the transit network exist then.
         started = False
-        process_labels = [f"{LABEL_RUN}={run_id}", "dcutr-lab.role=process"]
         while time.monotonic() < deadline and proc.poll() is None and not started:
-            started = any(c.name.endswith("proc1") for c in client.containers.list(filters={"label": process_labels}))
+            started = bool(_node_processes(client, run_id))
             time.sleep(0.1)
         assert started, f"the run never started a node: {proc.communicate()[0][-2000:]}"
+        seen = _node_processes(client, run_id)
         proc.send_signal(signum)
         output, _ = proc.communicate(timeout=60)
     finally:
@@ -108,4 +128,5 @@ def test_interrupted_cli_run_leaves_nothing_behind(images, tmp_path, signum):
             proc.kill()
     assert proc.returncode in (130, 1, 4), output[-2000:]
     assert _objects(client, run_id) == (0, 0), output[-2000:]
+    assert not any(Path(f"/proc/{pid}").exists() for pid in seen), "a node's process outlived its run"
     sweep(client, run_id=run_id)

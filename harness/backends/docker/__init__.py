@@ -1,11 +1,12 @@
 """The Docker backend: a lab of routers, hosts and node processes on one machine.
 
-Three modules, each with one reason to change:
+Four modules, each with one reason to change:
 - `lab`: the primitives (`ContainerLab`): the Docker client, networks (transit), containers started at once,
   exec, lab plumbing through nsenter (`ns_run`), files read by offset, veth pairs, addresses, and `sweep` by
   label. No NAT knowledge.
 - `wiring`: the NAT wiring (`DockerLab`): routers, the wires shaping their WAN links, private and public
-  hosts, process containers in a host's namespace; the WAN delay setting of a run.
+  hosts, process containers in a host's namespace (the NAT probe's agents); the WAN delay setting of a run.
+- `hostproc`: a node's SUT as a process inside its host container (`HostProcess`).
 - `backend`: `DockerBackend`, the runbook engine's adapter (harness.backends.base.Backend, and Reusable:
   `reset()` between attempts on one topology).
 

@@ -1,25 +1,24 @@
 """The runbook engine's adapter for the Docker lab: `DockerBackend` implements harness.backends.base.Backend.
 
-It owns no Docker knowledge of its own beyond following process containers: provisioning asks
+It owns no Docker knowledge of its own: provisioning asks
 harness.nat.topology for each node's router chain (so the backend, the probe and the punch build nodes the
 same way) and the lab (harness.backends.docker.wiring) for the containers.
 
 Contract and reasons:
 - every node's SUT image (`sut-<name>`) is resolved before any container exists, so a SUT with no image
-  fails the run whole; a node's process containers run that image;
+  fails the run whole; a node's host container runs that image;
 - the nodes are provisioned at once, each in its own thread, and a node's host container starts while its
   routers are built: nothing in one node's chain waits for another node;
-- a node is a host container plus, once started, a process container in its namespace; `start()` after
-  `stop()` replaces the process container and keeps the old one's log lines, so line numbers stay stable;
-- a process's log is followed as a Docker log stream (`LogFollower`), not re-read whole at each poll; once the
-  process has ended, or when the run collects, one full read is the authority;
+- a node is a host container and, once started, its process inside it (`HostProcess`: no container to create
+  per process, the output read from a pipe as it comes, the process's own exit code); `start()` after `stop()`
+  starts a new process and keeps the old one's log lines, so line numbers stay stable;
 - the outermost router's WAN link gets the run's WAN delay (`default_wan_delay_ms`), the hops behind it none;
 - every router logs `conntrack -E` from the moment it exists, before its node's host is on its LAN: the event
   log is the ground truth a run's verdict checks, and does not depend on when the run collects. A mark (an
   entry only the lab makes, on TEST-NET-1 addresses, inserted and deleted) proves the recorder listens and
   says where an attempt's events begin;
 - `reset()` makes a provisioned topology ready for another attempt of the same topology: the node processes
-  are stopped and removed, leftover sockets killed, neighbour caches, rulesets (and the mappings a cone
+  are killed, leftover sockets killed, neighbour caches, rulesets (and the mappings a cone
   profile learnt in them) and conntrack tables reset, then a new mark taken. Each attempt's artefacts start at
   its own marks and sample offsets, and its logs are only its own processes', so no fact of one attempt can
   be evidence in the next;
@@ -30,7 +29,6 @@ Contract and reasons:
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -42,7 +40,8 @@ import docker.errors
 
 from harness.backends.artefacts import write_addresses, write_conntrack
 from harness.backends.base import ExecResult, NodeAddresses, SanitiseHints
-from harness.backends.docker.lab import ImageResolver, LabContainer
+from harness.backends.docker.hostproc import HostProcess
+from harness.backends.docker.lab import ImageResolver
 from harness.backends.docker.wiring import HOST_IF, DockerLab, Host, Router, default_wan_delay_ms
 from harness.errors import BadInput, SetupError
 from harness.models import Node, Role, Topology
@@ -56,73 +55,17 @@ MARK_SRC, MARK_DST, MARK_DPORT = "192.0.2.1", "192.0.2.2", 9
 MARK_WITHIN = 10.0  # seconds a recorder may take to show a mark
 
 
-class LogFollower:
-    """A process container's log as it grows, read from one Docker log stream by a thread.
-
-    `lines()` hands out complete lines only (a line still being written has no newline yet). `final()` is the
-    authority once the process ended or the run collects: one full read of the container's log, which the
-    streamed lines are a prefix of.
-    """
-
-    def __init__(self, container: LabContainer) -> None:
-        self._wrapped = container.wrapped
-        self._lock = threading.Lock()
-        self._lines: list[str] = []
-        self._partial = b""
-        self._final: list[str] | None = None
-        self._stream: Any = None
-        self._thread = threading.Thread(target=self._follow, name=f"log-{container.name}", daemon=True)
-        self._thread.start()
-
-    def _follow(self) -> None:
-        try:
-            self._stream = self._wrapped.logs(stdout=True, stderr=True, stream=True, follow=True)
-            for chunk in self._stream:
-                with self._lock:
-                    data = self._partial + chunk
-                    *complete, self._partial = data.split(b"\n")
-                    self._lines.extend(line.decode("utf-8", "replace") for line in complete)
-        except Exception:  # the container went away: `final()` (or the last lines read) is what there is
-            return
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            return list(self._final if self._final is not None else self._lines)
-
-    def final(self) -> list[str]:
-        """Every complete line the process wrote, read whole once; kept once the process has ended."""
-        if self._final is not None:
-            return list(self._final)
-        try:
-            self._wrapped.reload()
-            ended = self._wrapped.status not in ("running", "created", "restarting")
-            raw = self._wrapped.logs(stdout=True, stderr=True)
-        except docker.errors.NotFound:
-            return self.lines()
-        lines = raw.decode("utf-8", "replace").split("\n")[:-1]
-        with self._lock:
-            if ended:
-                self._final = lines
-        return list(lines)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._stream is not None:
-                self._stream.close()
-
-
 @dataclass
 class NodeRuntime:
-    """What the backend tracks per node: its host, its routers and its (current) process container."""
+    """What the backend tracks per node: its host, its routers and its (current) process."""
 
     name: str
     role: Role
     nat_profile: str = "none"
     host: Host | None = None
     routers: list[Router] = field(default_factory=list)  # innermost first
-    process: LabContainer | None = None
-    follower: LogFollower | None = None
-    past_logs: list[str] = field(default_factory=list)  # lines of earlier process containers (restarts)
+    process: HostProcess | None = None
+    past_logs: list[str] = field(default_factory=list)  # lines of earlier processes (restarts)
     starts: int = 0
     sockets_from: int = 0  # byte offset of this attempt's socket samples
     sockets_since: float = 0.0  # and the wall time the attempt began: no older sample counts
@@ -147,6 +90,7 @@ class DockerBackend:
         self._nodes: dict[str, NodeRuntime] = {}
         self._addresses: dict[str, NodeAddresses] = {}
         self._images: dict[str, str] = {}  # node -> the image of its SUT
+        self._env_of: dict[str, dict[str, str]] = {}  # image -> the environment it sets
         self._events_from: dict[str, int] = {}  # router -> byte offset of this attempt's conntrack events
         self._marks = 0
         self._marks_lock = threading.Lock()
@@ -177,7 +121,8 @@ class DockerBackend:
         role, nat_profile, link = node.role, node.nat_profile, node.link
         runtime = NodeRuntime(name=name, role=role, nat_profile=nat_profile)
         self._nodes[name] = runtime
-        self.lab.prestart_host(name, public=not router_hops(nat_profile))
+        # The host runs the node's image: its process is started inside it (HostProcess).
+        self.lab.prestart_host(name, public=not router_hops(nat_profile), image=self._images[name])
         runtime.routers = router_chain(
             self.lab,
             name,
@@ -287,10 +232,8 @@ class DockerBackend:
         """Stop and remove the node's process, forget its lines, kill the sockets it left (TIME_WAIT, FIN_WAIT:
         a new process binds the same ports) and the neighbour cache; this attempt's socket samples start now."""
         if runtime.process is not None:
-            if runtime.follower is not None:
-                runtime.follower.close()
-            self.lab.remove(self._process_name(runtime))  # SIGKILL: nothing it does now is evidence
-        runtime.process, runtime.follower, runtime.past_logs = None, None, []
+            runtime.process.kill()  # nothing it does now is evidence
+        runtime.process, runtime.past_logs = None, []
         self.lab.ns_run(runtime.name, ["ss", "-K", "-t", "state", "all"])
         self.lab.ns_run(runtime.name, ["ip", "neigh", "flush", "all"])
         if not runtime.routers and runtime.role != Role.relay:
@@ -322,46 +265,39 @@ class DockerBackend:
             self._retire_process(runtime)
         assert runtime.host is not None
         runtime.starts += 1
-        runtime.process = self.lab.process(
-            self._process_name(runtime), runtime.host, command, env, image=self._images[node]
-        )
-        runtime.follower = LogFollower(runtime.process)
+        environment = {**self._image_env(self._images[node]), **env}
+        runtime.process = HostProcess(self._process_name(runtime), runtime.host.container.pid, command, environment)
+
+    def _image_env(self, image: str) -> dict[str, str]:
+        """The environment the image sets (PATH, LD_LIBRARY_PATH, ...), as a container of it would start with."""
+        if image not in self._env_of:
+            try:
+                pairs = self.lab.client.images.get(image).attrs["Config"].get("Env") or []
+            except docker.errors.ImageNotFound:
+                raise SetupError(f"image {image} is missing: run `dcutr-lab images build`") from None
+            self._env_of[image] = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+        return self._env_of[image]
 
     def _retire_process(self, runtime: NodeRuntime) -> None:
-        """Keep the old process's log lines (so line numbers stay stable), then remove its container."""
-        runtime.past_logs.extend(self._current_lines(runtime, final=True))
-        if runtime.follower is not None:
-            runtime.follower.close()
-        self.lab.remove(self._process_name(runtime))
-        runtime.process, runtime.follower = None, None
+        """Keep the old process's log lines (so line numbers stay stable), then make sure it is gone."""
+        assert runtime.process is not None
+        runtime.process.kill()
+        runtime.past_logs.extend(runtime.process.final())
+        runtime.process = None
 
     def stop(self, node: str, timeout: float = 5.0) -> None:
         runtime = self._node(node)
-        if runtime.process is None:
-            return
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            runtime.process.wrapped.stop(timeout=max(1, int(timeout)))
+        if runtime.process is not None:
+            runtime.process.stop(timeout=max(1.0, timeout))
 
     def exit_code(self, node: str) -> int | None:
         runtime = self._node(node)
-        if runtime.process is None:
-            return None
-        wrapped = runtime.process.wrapped
-        try:
-            wrapped.reload()
-        except docker.errors.NotFound:
-            return None
-        state = wrapped.attrs["State"]
-        if state.get("Running") or state.get("Status") in ("created", "restarting"):
-            return None
-        if runtime.follower is not None:
-            runtime.follower.final()  # what it printed on its way out is in the log before its exit is told
-        return int(state.get("ExitCode", -1))
+        return None if runtime.process is None else runtime.process.exit_code()
 
     def _current_lines(self, runtime: NodeRuntime, *, final: bool = False) -> list[str]:
-        if runtime.follower is None:
+        if runtime.process is None:
             return []
-        return runtime.follower.final() if final else runtime.follower.lines()
+        return runtime.process.final() if final else runtime.process.lines()
 
     def log_lines(self, node: str, start: int = 0) -> list[str]:
         runtime = self._node(node)
@@ -404,8 +340,8 @@ class DockerBackend:
 
     def close(self) -> None:
         for runtime in self._nodes.values():
-            if runtime.follower is not None:
-                runtime.follower.close()
+            if runtime.process is not None:
+                runtime.process.kill()
         self.lab.close()
 
 

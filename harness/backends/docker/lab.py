@@ -59,7 +59,7 @@ START_WORKERS = 8
 
 
 def docker_client() -> docker.DockerClient:
-    """A client with room for a lab's concurrent calls: parallel starts and one log stream per process."""
+    """A client with room for a lab's concurrent calls: parallel starts and one log stream per agent."""
     from harness.dockerd import connect
 
     try:
