@@ -50,8 +50,9 @@ class HostProcess:
         self._partial = b""
         self._drained = threading.Event()
         self._popen = subprocess.Popen(
-            [nsenter, "-t", str(host_pid), "-m", "-n", "-p", "--", *command],
-            env=dict(env),
+            # Its host's mount, UTS (host name), IPC, network and pid namespaces: what a container sharing them had.
+            [nsenter, "-t", str(host_pid), "-m", "-u", "-i", "-n", "-p", "--", *command],
+            env={"HOME": "/root", **env},  # Docker's default for root, unless the image or node says otherwise
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
