@@ -179,12 +179,16 @@ class ContainerLab(Plumbing):
         # Docker 20.10 before 20.10.27 (Debian 12's docker.io) deadlocks its whole daemon when two containers
         # leave the same network at once (libnetwork: getSvcRecords locks network then controller, the endpoint
         # watch loop controller then network; moby/libnetwork#2649). Containers that only share a namespace
-        # have no endpoint and go at once; those on the transit leave it one after another.
+        # have no endpoint and go at once, beside those on the transit, which leave it one after another.
         containers = [self._containers[name] for name in reversed(list(self._containers))]
-        self.parallel([lambda c=c: self._remove_container(c.name) for c in containers if not c.networked])
-        for container in containers:
-            if container.networked:
-                self._remove_container(container.name)
+
+        def leave_transit() -> None:
+            for container in containers:
+                if container.networked:
+                    self._remove_container(container.name)
+
+        alone = [lambda c=c: self._remove_container(c.name) for c in containers if not c.networked]
+        self.parallel([leave_transit, *alone])
         for network in reversed(self._networks):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 self.client.networks.get(network.docker_id).remove()
