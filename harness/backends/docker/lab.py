@@ -41,6 +41,7 @@ from typing import Self
 
 import docker
 import docker.errors
+import requests.exceptions
 from docker.models.containers import Container
 from docker.types import EndpointConfig
 
@@ -56,6 +57,7 @@ ImageResolver = Callable[[str], str]
 # What lab plumbing run through nsenter sees as its environment: the container's tools, not the harness's PATH.
 # Containers a lab starts at once; Docker queues the rest (2 cores start ~7 containers a second either way).
 START_WORKERS = 8
+LEAVE_WITHIN = 20  # seconds a killed container may take to exit and leave its network
 
 
 def docker_client() -> docker.DockerClient:
@@ -179,21 +181,24 @@ class ContainerLab(Plumbing):
         # Docker 20.10 before 20.10.27 (Debian 12's docker.io) deadlocks its whole daemon when two containers
         # leave the same network at once (libnetwork: getSvcRecords locks network then controller, the endpoint
         # watch loop controller then network; moby/libnetwork#2649). Containers that only share a namespace
-        # have no endpoint and go at once, beside those on the transit, which leave it one after another.
+        # have no endpoint. A container leaves its network when its process exits, so the transit's are killed
+        # one after another (each waited for), then every container is removed at once (a stopped one's removal
+        # is its file system's, the slow part, and touches no network).
         containers = [self._containers[name] for name in reversed(list(self._containers))]
-
-        def leave_transit() -> None:
-            for container in containers:
-                if container.networked:
-                    self._remove_container(container.name)
-
-        alone = [lambda c=c: self._remove_container(c.name) for c in containers if not c.networked]
-        self.parallel([leave_transit, *alone])
+        for container in containers:
+            if container.networked:
+                self._leave_network(container)
+        self.parallel([lambda c=c: self._remove_container(c.name) for c in containers])
         for network in reversed(self._networks):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 self.client.networks.get(network.docker_id).remove()
         sweep(self.client, run_id=self.run_id)
         cleanup.unregister(self)
+
+    def _leave_network(self, container: LabContainer) -> None:
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError, requests.exceptions.RequestException):
+            container.wrapped.kill()
+            container.wrapped.wait(timeout=LEAVE_WITHIN)
 
     def _remove_container(self, name: str) -> None:
         with self._lock:
